@@ -1,0 +1,331 @@
+"""Base classes shared by the DataModules.
+
+:class:`BaseDataModule` holds what every DataModule of the project exposes
+(``num_classes``, ``in_channels``, ``class_names``, ``mean``, ``std``,
+``task``, ``image_size``), builds the loaders, and turns each ``uint8`` batch
+into a normalised ``float32`` batch on the device in
+:meth:`~BaseDataModule.on_after_batch_transfer` — augmenting it first when the
+trainer is training.
+
+:class:`InMemoryClassificationDataModule` decodes a classification dataset
+once into ``uint8`` tensors and serves them through a
+:class:`~dck_lightning.data.tensor_dataset.BatchedTensorDataset`. A subclass
+only says how to read each split (:meth:`~InMemoryClassificationDataModule.load_split`),
+how to download it, and what to report when it is missing.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .batch_augment import normalize, to_float
+from .errors import DataNotFoundError
+from .tensor_dataset import BatchedTensorDataset, passthrough_collate
+
+__all__ = ["BaseDataModule", "InMemoryClassificationDataModule", "split_train_val"]
+
+#: ``(images, labels)``: ``uint8`` ``Tensor[N, C, H, W]`` and ``int64`` ``Tensor[N]``.
+ClassificationArrays = tuple[Tensor, Tensor]
+
+SPLITS = ("train", "val", "test")
+
+
+def split_train_val(
+    images: Tensor, labels: Tensor, val_split: float, seed: int
+) -> tuple[ClassificationArrays, ClassificationArrays]:
+    """Split a training set into disjoint train and validation parts, reproducibly.
+
+    Args:
+        images: ``Tensor[N, ...]``.
+        labels: ``Tensor[N]``.
+        val_split: fraction of the ``N`` samples that go to validation, in ``[0, 1)``.
+        seed: seed of the permutation (``torch.Generator().manual_seed(seed)``).
+
+    Returns:
+        ``((train_images, train_labels), (val_images, val_labels))``; each part keeps the
+        original sample order.
+    """
+    if not 0.0 <= val_split < 1.0:
+        raise ValueError(f"val_split must be in [0, 1), got {val_split}")
+    n = images.shape[0]
+    n_val = int(round(n * val_split))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+
+
+class BaseDataModule(pl.LightningDataModule):
+    """Loaders and the on-device batch transform shared by all DataModules.
+
+    Batches leave the loader with ``uint8`` images and are converted on the device
+    (:meth:`on_after_batch_transfer`): to ``float32`` in ``[0, 1]``, augmented by
+    :meth:`augment_batch` when ``augment`` and the trainer is training, then normalised
+    with ``mean``/``std`` when ``normalize``. Outside a trainer (notebooks, scripts) call
+    ``dm.on_after_batch_transfer(batch, 0)`` to get the same tensors the model sees.
+
+    Args:
+        batch_size: samples per batch (per process under DDP).
+        num_workers: loader worker processes.
+        seed: seed of the data split and of the augmentation generator.
+        augment: augment training batches.
+        normalize: normalise images with the dataset's ``mean``/``std``; when ``False``
+            images stay in ``[0, 1]`` and ``mean``/``std`` read as zeros/ones.
+
+    Attributes:
+        task: ``"classification"``, ``"detection"`` or ``"segmentation"``.
+        num_classes: number of classes (for segmentation including background).
+        in_channels: image channels.
+        class_names: name of each class index.
+        mean, std: per-channel statistics used to normalise (to un-normalise for display:
+            ``image * std + mean``).
+        image_size: ``(H, W)`` of every image, or ``None`` while unknown.
+    """
+
+    task: str = "classification"
+    num_classes: int
+    in_channels: int
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: Optional[tuple[int, int]]
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 42,
+        augment: bool = True,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.augment = augment
+        self.normalize = normalize
+        self.train_dataset: Optional[Dataset] = None
+        self.val_dataset: Optional[Dataset] = None
+        self.test_dataset: Optional[Dataset] = None
+        self.collate_fn: Optional[Callable[..., Any]] = None
+        self._generators: dict[str, torch.Generator] = {}
+
+    def _set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Set ``mean``/``std`` (identity statistics when ``normalize`` is off)."""
+        if self.normalize:
+            self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        else:
+            self.mean, self.std = (0.0,) * len(mean), (1.0,) * len(std)
+
+    # -- loaders -------------------------------------------------------------------------
+
+    def _dataloader(self, dataset: Optional[Dataset], train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the dataset for this stage is not set up; call "
+                "setup() with the matching stage first (the Trainer does this)."
+            )
+        size = len(dataset)  # type: ignore[arg-type]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # Drop a ragged last training batch (BatchNorm dislikes a batch of one), unless
+            # the whole set fits in one batch.
+            drop_last=train and size > self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._dataloader(self.train_dataset, train=True)
+
+    def val_dataloader(self) -> Any:
+        """Validation batches (an empty list when there is no validation set)."""
+        if self.val_dataset is None and self.train_dataset is not None:
+            return []
+        return self._dataloader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches."""
+        return self._dataloader(self.test_dataset)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test batches, for ``trainer.predict``."""
+        return self._dataloader(self.test_dataset)
+
+    # -- on-device batch transform ---------------------------------------------------------
+
+    def _is_training(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and bool(trainer.training)
+
+    def augment_generator(self, device: torch.device) -> torch.Generator:
+        """The augmentation generator on ``device``, seeded from ``seed`` and the process rank."""
+        key = str(device)
+        if key not in self._generators:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.seed + 1_000_003 * rank)
+            self._generators[key] = generator
+        return self._generators[key]
+
+    def augment_batch(
+        self, images: Tensor, targets: Any, generator: torch.Generator
+    ) -> tuple[Tensor, Any]:
+        """Augment a training batch; ``images`` are float in ``[0, 1]``. Identity here."""
+        return images, targets
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Convert, augment (training only) and normalise the images of ``(images, targets)``."""
+        images, targets = batch
+        images = to_float(images)
+        if self.augment and self._is_training():
+            images, targets = self.augment_batch(
+                images, targets, self.augment_generator(images.device)
+            )
+        if self.normalize:
+            images = normalize(images, self.mean, self.std)
+        return images, targets
+
+
+class InMemoryClassificationDataModule(BaseDataModule):
+    """A classification dataset decoded once into ``uint8`` tensors held in memory.
+
+    Subclasses implement :meth:`load_split` and :meth:`data_not_found`, may implement
+    :meth:`download_data`, set the class attributes in ``__init__`` and the
+    ``batch_augment`` applied to training batches.
+
+    Batches are ``(images, labels)``: ``uint8`` ``Tensor[B, C, H, W]`` and ``int64``
+    ``Tensor[B]`` out of the loader; ``float32`` normalised images once on the device.
+
+    Args:
+        data_dir: root directory of the dataset files.
+        download: download missing files in :meth:`prepare_data`; :meth:`setup` never
+            touches the network.
+        val_split: fraction of the training set held out for validation (seeded), used when
+            the dataset has no validation split of its own.
+        batch_size, num_workers, seed, augment, normalize: see :class:`BaseDataModule`.
+    """
+
+    #: dataset name used in messages.
+    dataset_name: str = "dataset"
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = False,
+        val_split: float = 0.1,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 42,
+        augment: bool = True,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed, augment, normalize)
+        if not 0.0 <= val_split < 1.0:
+            raise ValueError(f"val_split must be in [0, 1), got {val_split}")
+        self.data_dir = Path(data_dir).expanduser()
+        self.download = download
+        self.val_split = val_split
+        self.batch_augment: Optional[Callable[[Tensor, torch.Generator], Tensor]] = None
+        self.collate_fn = passthrough_collate
+
+    # -- to implement ----------------------------------------------------------------------
+
+    def load_split(self, split: str) -> Optional[ClassificationArrays]:
+        """Decode one split (``"train"``, ``"val"`` or ``"test"``).
+
+        Returns:
+            ``(images, labels)``: ``uint8`` ``Tensor[N, C, H, W]`` and ``int64`` ``Tensor[N]``;
+            ``None`` for ``"val"`` when the dataset has no validation split (it is then
+            carved out of ``"train"`` with ``val_split``) or for ``"test"`` when there is none.
+
+        Raises:
+            DataNotFoundError: the files of the split are missing.
+        """
+        raise NotImplementedError
+
+    def data_not_found(
+        self,
+        missing: Optional[Sequence[str]] = None,
+        download_error: Optional[BaseException] = None,
+    ) -> DataNotFoundError:
+        """The error describing where the files belong and how to fetch them."""
+        raise NotImplementedError
+
+    def download_data(self) -> None:
+        """Download the dataset into ``data_dir`` (skipping files already there)."""
+        raise self.data_not_found()
+
+    # -- Lightning hooks -------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Download the data when ``download=True`` (rank 0 only, called by the Trainer)."""
+        if not self.download:
+            return
+        try:
+            self.download_data()
+        except DataNotFoundError:
+            raise
+        except Exception as err:  # network errors come as URLError, RuntimeError, OSError...
+            raise self.data_not_found(download_error=err) from err
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Decode the splits the stage needs (once; later calls reuse them)."""
+        if stage in (None, "fit", "validate") and self.train_dataset is None:
+            train = self._checked(self.load_split("train"), "train")
+            val = self.load_split("val")
+            if val is None:
+                train, val = split_train_val(*train, val_split=self.val_split, seed=self.seed)
+            else:
+                val = self._checked(val, "val")
+            self.train_dataset = BatchedTensorDataset(*train)
+            self.val_dataset = BatchedTensorDataset(*val) if len(val[1]) > 0 else None
+        if stage in (None, "test", "predict") and self.test_dataset is None:
+            test = self.load_split("test")
+            if test is not None:
+                self.test_dataset = BatchedTensorDataset(*self._checked(test, "test"))
+
+    def _checked(self, arrays: Optional[ClassificationArrays], split: str) -> ClassificationArrays:
+        if arrays is None:
+            raise self.data_not_found()
+        images, labels = arrays
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{self.dataset_name} {split}: expected uint8 images [N, {self.in_channels}, H, W], "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"{self.dataset_name} {split}: {images.shape[0]} images but labels of shape "
+                f"{tuple(labels.shape)}"
+            )
+        if images.shape[0] == 0:
+            raise ValueError(f"{self.dataset_name} {split}: the split is empty")
+        labels = labels.long()
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(
+                f"{self.dataset_name} {split}: labels outside [0, {self.num_classes}): "
+                f"{labels.min().item()}..{labels.max().item()}"
+            )
+        return images.contiguous(), labels
+
+    def augment_batch(
+        self, images: Tensor, targets: Any, generator: torch.Generator
+    ) -> tuple[Tensor, Any]:
+        """Apply ``batch_augment`` to the images; labels are unchanged."""
+        if self.batch_augment is not None:
+            images = self.batch_augment(images, generator)
+        return images, targets

@@ -1,0 +1,101 @@
+"""The deformable sampling op: backends agree, gradcheck, low precision, backend selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dck_lightning.layers import deform_conv2d, get_default_backend, resolve_backend, sampling_backend
+
+CASES = [
+    # (in_ch, out_ch, k, stride, padding, dilation, groups, offset_groups, modulated)
+    (4, 6, 3, 1, 1, 1, 1, 1, True),
+    (4, 6, 3, 2, 1, 1, 2, 2, True),
+    (4, 4, 5, 1, 2, 2, 1, 4, False),
+    (2, 3, (3, 1), 1, (1, 0), 1, 1, 1, True),
+]
+
+
+def random_inputs(case, seed=0, dtype=torch.float32, scale=3.0):
+    in_ch, out_ch, k, stride, padding, dilation, groups, offset_groups, modulated = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    pad = (padding, padding) if isinstance(padding, int) else padding
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, in_ch, 7, 8, generator=g, dtype=dtype)
+    out_h = (7 + 2 * pad[0] - dilation * (kh - 1) - 1) // stride + 1
+    out_w = (8 + 2 * pad[1] - dilation * (kw - 1) - 1) // stride + 1
+    # Large offsets: many samples fall partly or fully outside the image.
+    offset = scale * torch.randn(2, 2 * offset_groups * kh * kw, out_h, out_w, generator=g, dtype=dtype)
+    weight = torch.randn(out_ch, in_ch // groups, kh, kw, generator=g, dtype=dtype)
+    bias = torch.randn(out_ch, generator=g, dtype=dtype)
+    mask = torch.rand(2, offset_groups * kh * kw, out_h, out_w, generator=g, dtype=dtype) if modulated else None
+    kwargs = {"stride": stride, "padding": padding, "dilation": dilation}
+    return x, offset, weight, bias, mask, kwargs
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_backends_agree_forward_and_backward(case):
+    results = {}
+    for backend in ("torch", "torchvision"):
+        x, offset, weight, bias, mask, kwargs = random_inputs(case)
+        tensors = [t for t in (x, offset, weight, bias, mask) if t is not None]
+        for t in tensors:
+            t.requires_grad_(True)
+        out = deform_conv2d(x, offset, weight, bias, mask=mask, backend=backend, **kwargs)
+        out.backward(torch.cos(out.detach()))
+        results[backend] = [out.detach()] + [t.grad for t in tensors]
+    assert any((o.abs() > 0).any() for o in results["torch"][2:3])  # offsets receive gradient
+    for a, b in zip(results["torch"], results["torchvision"]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_gradcheck_float64_non_integer_offsets():
+    case = (2, 2, 3, 1, 1, 1, 1, 1, True)
+    x, offset, weight, bias, mask, kwargs = random_inputs(case, dtype=torch.float64, scale=0.7)
+    x, weight, bias = x[:1, :, :4, :5], weight, bias
+    offset, mask = offset[:1, :, :4, :5], mask[:1, :, :4, :5]
+    # Keep offsets away from integers, where bilinear interpolation has kinks.
+    offset = offset.round() + 0.3 + 0.4 * torch.rand_like(offset)
+    inputs = tuple(t.clone().requires_grad_(True) for t in (x, offset, weight, bias, mask))
+    assert torch.autograd.gradcheck(
+        lambda a, o, w, b, m: deform_conv2d(a, o, w, b, mask=m, backend="torch", **kwargs),
+        inputs,
+        eps=1e-6,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_torch_backend_runs_in_half_precision(dtype):
+    x, offset, weight, bias, mask, kwargs = random_inputs(CASES[0])
+    ref = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torch", **kwargs)
+    out = deform_conv2d(x.to(dtype), offset.to(dtype), weight.to(dtype), bias.to(dtype), mask=mask.to(dtype), backend="torch", **kwargs)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=0.5, rtol=0.05)
+
+
+def test_torch_backend_under_cpu_autocast_bfloat16():
+    from dck_lightning.layers import DCB
+
+    block = DCB(4, 8, backend="torch")
+    x = torch.randn(2, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+        assert resolve_backend(None, x) == "torch"
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16
+    assert torch.isfinite(out.float()).all()
+    assert block.deform[0].offset_conv.weight.grad is not None
+
+
+def test_backend_selection():
+    x = torch.randn(1, 1, 4, 4)
+    assert resolve_backend("auto", x) == "torch"  # CPU
+    assert resolve_backend("torchvision", x) == "torchvision"
+    assert resolve_backend(None, x.to(torch.bfloat16)) == "torch"
+    with sampling_backend("torchvision"):
+        assert get_default_backend() == "torchvision"
+        assert resolve_backend(None, x) == "torchvision"
+    assert get_default_backend() == "auto"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("cuda-magic", x)
