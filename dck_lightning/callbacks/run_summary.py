@@ -1,0 +1,45 @@
+"""Say at the end of a run what it reached and where its checkpoint and logs are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_only
+
+
+class RunSummary(Callback):
+    """Prints one final line per stage: the monitored metric, the best checkpoint, the run folder.
+
+    Args:
+        run_dir (str, optional): the run folder (default: ``trainer.log_dir``).
+    """
+
+    def __init__(self, run_dir: Optional[str] = None) -> None:
+        self.run_dir = run_dir
+
+    def _folder(self, trainer: pl.Trainer) -> str:
+        return str(Path(self.run_dir or trainer.log_dir or ".").resolve())
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        monitor = getattr(pl_module, "monitor", "val/loss")
+        value = trainer.callback_metrics.get(monitor)
+        line = f"Finished fit: {monitor} = {float(value):.4f}" if value is not None else "Finished fit"
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.best_model_path:
+            best = checkpoint.best_model_score
+            line += f" (best {float(best):.4f})" if best is not None else ""
+            line += f"\n  best checkpoint: {checkpoint.best_model_path}"
+            if checkpoint.last_model_path:
+                line += f"\n  last checkpoint: {checkpoint.last_model_path}"
+        line += f"\n  logs and config: {self._folder(trainer)}"
+        print(line, flush=True)
+
+    @rank_zero_only
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/") and "/" not in k[5:]}
+        summary = ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items()))
+        print(f"Finished test: {summary}\n  logs: {self._folder(trainer)}", flush=True)

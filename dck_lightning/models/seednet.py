@@ -1,0 +1,63 @@
+"""SeedNet: the design document's Keras MNIST example, layer by layer.
+
+::
+
+    conv1 = DynamicConv2D(filters=32, kernel_size=(7, 7), center_constraint=[(2, 2), (2, 2)])(inputs)
+    pool1 = MaxPooling2D()(conv1)
+    conv2 = DynamicConv2D(filters=64, kernel_size=(3, 3), padding='same')(pool1)
+    pool2 = MaxPooling2D()(conv2)
+    dense1 = Dense(256, activation='relu')(Flatten()(pool2))
+    outputs = Dense(10, activation='softmax')(Dropout(0.5)(dense1))
+
+Keras' defaults are kept: the first DCK has ``padding="valid"`` (28 → 22), both DCKs have no
+activation (Keras' ``Conv2D`` default is linear; the max-pools are the non-linearity), the
+softmax is folded into the cross-entropy loss. Shapes for a 28×28 input: 22×22×32 → 11×11×32
+→ 11×11×64 → 5×5×64 → 1600 → 256 → 10.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..layers import DynamicConv2d
+
+
+class SeedNet(nn.Module):
+    """The design document's MNIST model (see the module docstring).
+
+    Args:
+        in_channels (int): image channels. Default: 1.
+        num_classes (int): classes. Default: 10.
+        image_size (int): input height = width. Default: 28.
+        adaptive (bool): position-adaptive DCKs (the design document's). Default: ``True``.
+        backend (str, optional): sampling backend of the DCKs.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        adaptive: bool = True,
+        backend=None,
+    ) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            DynamicConv2d(
+                in_channels, 32, 7, padding="valid", center_constraint=(2, 2), adaptive=adaptive, backend=backend
+            ),
+            nn.MaxPool2d(2),
+            DynamicConv2d(32, 64, 3, padding="same", adaptive=adaptive, backend=backend),
+            nn.MaxPool2d(2),
+        )
+        side = ((image_size - 6) // 2) // 2
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * side * side, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
