@@ -48,11 +48,13 @@ def create_backbone(name: str, **kwargs: Any) -> DCBNet:
 
 
 def create_classifier(
-    name: str, num_classes: int, in_channels: int = 3, dropout: float = 0.0, **kwargs: Any
+    name: str, num_classes: int, in_channels: int = 3, dropout: float = 0.0, pool: str = "avg", **kwargs: Any
 ) -> nn.Module:
     """A classifier: ``"seednet"`` (the design document's model) or a backbone preset + head."""
     if name == "seednet":
         return SeedNet(in_channels=in_channels, num_classes=num_classes, **kwargs)
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; choose one of {[*CLASSIFIERS, *list_backbones()]}")
-    return ImageClassifier(create_backbone(name, in_channels=in_channels, **kwargs), num_classes, dropout=dropout)
+    return ImageClassifier(
+        create_backbone(name, in_channels=in_channels, **kwargs), num_classes, dropout=dropout, pool=pool
+    )
