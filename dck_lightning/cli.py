@@ -23,10 +23,11 @@ from typing import Any, Optional, Union
 
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import WandbLogger
 
 from .callbacks import RunSummary, SaveRunConfig
 from .data import BaseDataModule
+from .loggers import ResumableCSVLogger
 from .runs import RUN_DIR_ENV, WandbMode, resolve_run_dir, resolve_wandb_mode, wandb_run_id
 from .tasks import BaseTask
 
@@ -100,7 +101,7 @@ class DCKLightningCLI(LightningCLI):
     def _loggers(self) -> list[Any]:
         run = self._get(self.config, "run")
         loggers: list[Any] = [
-            CSVLogger(save_dir=str(self.run_dir.parent.parent), name=self.run_dir.parent.name, version=self.run_dir.name)
+            ResumableCSVLogger(save_dir=str(self.run_dir.parent.parent), name=self.run_dir.parent.name, version=self.run_dir.name)
         ]
         mode = resolve_wandb_mode(run.wandb)
         if mode != "disabled":

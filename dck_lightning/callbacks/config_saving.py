@@ -38,7 +38,7 @@ class SaveRunConfig(SaveConfigCallback):
 
     The config goes to ``<run folder>/config.yaml`` (``config_1.yaml``… when the folder already
     has one — a resumed run — so nothing is overwritten) and, redacted of credentials, into
-    the W&B run's config.
+    the W&B run's config; the file itself is saved with the W&B run too.
     """
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -52,3 +52,6 @@ class SaveRunConfig(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(config, allow_val_change=True)
+                saved = Path(trainer.log_dir or "") / self.config_filename
+                if self.save_to_log_dir and saved.is_file():
+                    logger.experiment.save(str(saved), base_path=str(saved.parent), policy="now")

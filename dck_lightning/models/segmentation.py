@@ -190,7 +190,9 @@ class SegmentationModel(nn.Module):
             )
         else:
             self.backbone = backbone
-            rates = tuple(atrous_rates) if atrous_rates else deeplab_rates(backbone.strides[feature])
+            rates = (
+                tuple(atrous_rates) if atrous_rates else deeplab_rates(backbone.strides[feature])
+            )
             self.classifier = DeepLabHead(backbone.out_channels[feature], num_classes, rates)
         self.aux_classifier: Optional[nn.Module] = (
             FCNHead(backbone.out_channels[aux_feature], num_classes) if aux else None
@@ -210,7 +212,9 @@ class SegmentationModel(nn.Module):
             logits = self.classifier(pyramid)
         else:
             logits = self.classifier(features[self.feature])
-        result = OrderedDict(out=F.interpolate(logits, size=size, mode="bilinear", align_corners=False))
+        result = OrderedDict(
+            out=F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        )
         if self.aux_classifier is not None:
             aux = self.aux_classifier(features[self.aux_feature])
             result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,395 @@
+"""Semantic segmentation: cross-entropy (+ auxiliary head, + soft Dice), mIoU and pixel accuracy.
+
+Batches follow :mod:`dck_lightning.data`: ``(images, targets)`` with ``images``
+``float32[B, C, H, W]`` and ``targets`` a list of dicts holding ``mask`` ``int64[H, W]``
+(``ignore_index`` = 255 on pixels that do not count), ``orig_size`` ``int64[2]`` (H, W of the
+image before resizing) and ``image_id``.
+
+Metrics (torchmetrics, one object per stage, ``update`` per step, ``compute`` per epoch):
+
+- ``miou``: ``MulticlassJaccardIndex(average="macro", ignore_index=255)`` over the confusion
+  matrix accumulated over the whole epoch (dataset-level IoU, as the VOC devkit computes it).
+  Ignored pixels are dropped before counting. A class that never appears — neither in the
+  targets nor in the predictions of the epoch — has no IoU (0/0) and is left out of the mean
+  (torchmetrics gives it weight 0); a class predicted but absent from the targets has IoU 0
+  and counts. This is the ``nanmean`` convention of the VOC devkit/mmsegmentation on
+  a split where some class is missing, rather than counting it as 0 or 1.
+- ``pixel_acc``: ``MulticlassAccuracy(average="micro", ignore_index=255)``.
+- at test time, the IoU of every class, logged as ``test/iou/<class name>`` (NaN for a class
+  absent from targets and predictions).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchvision.utils import draw_segmentation_masks
+
+from ..data.voc_common import voc_palette
+from ..models.segmentation import HEADS, create_segmentation_model
+from .base import BaseTask
+
+IGNORE_INDEX = 255
+
+SegmentationBatch = tuple[Tensor, list[dict[str, Any]]]
+
+
+def soft_dice_loss(
+    logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX, smooth: float = 1.0
+) -> Tensor:
+    """Multi-class soft Dice loss, ``1 − mean_c (2 |P_c ∩ T_c| + s) / (|P_c| + |T_c| + s)``.
+
+    ``P`` are the softmax probabilities, ``T`` the one-hot targets; sums run over the batch and
+    all pixels whose target is not ``ignore_index``. The smoothing ``s`` makes a class absent
+    from both the targets and the predictions score 1 (no penalty). torchmetrics'
+    ``DiceScore``/``dice_score`` are metrics (documented non-differentiable, no
+    ``ignore_index``), and torchvision has no Dice loss, hence these few lines.
+
+    Args:
+        logits: ``Tensor[B, C, H, W]``.
+        target: ``int64[B, H, W]``, class ids or ``ignore_index``.
+    """
+    num_classes = logits.shape[1]
+    valid = target != ignore_index
+    probs = logits.float().softmax(dim=1) * valid.unsqueeze(1)
+    one_hot = F.one_hot(torch.where(valid, target, 0), num_classes).permute(0, 3, 1, 2)
+    one_hot = one_hot * valid.unsqueeze(1)
+    dims = (0, 2, 3)
+    intersection = (probs * one_hot).sum(dims)
+    cardinality = probs.sum(dims) + one_hot.sum(dims)
+    return 1.0 - ((2.0 * intersection + smooth) / (cardinality + smooth)).mean()
+
+
+class SegmentationTask(BaseTask):
+    """Semantic segmentation with a backbone preset + ``"fpn"`` or ``"deeplabv3"`` head.
+
+    Args:
+        head (str): ``"fpn"`` (Panoptic-FPN semantic head) or ``"deeplabv3"`` (ASPP), see
+            :mod:`dck_lightning.models.segmentation`.
+        backbone (str): a backbone preset (see ``list_backbones()``).
+        backbone_kwargs (dict, optional): :class:`~dck_lightning.models.DCBNet` arguments
+            overriding the preset's, e.g. ``{"widths": [32, 64, 96, 128], "dck": "static"}``.
+        head_kwargs (dict, optional): further :class:`~dck_lightning.models.segmentation.SegmentationModel`
+            arguments: ``fpn_channels``, ``channels``, ``norm``, ``feature``, ``atrous_rates``.
+        aux_loss (bool): add torchvision's ``FCNHead`` on ``c4`` and its cross-entropy.
+        aux_weight (float): weight of the auxiliary loss. Default: 0.4 (torchvision's reference).
+        dice_weight (float): weight of a soft Dice term added to the cross-entropy (0: off).
+        num_classes, in_channels: linked from the DataModule by the CLI (background included).
+        ignore_index (int): target value of pixels left out of loss and metrics. Default: 255.
+        class_names (list[str], optional): names for per-class metrics and image legends
+            (default: the DataModule's).
+        optimizer, lr_scheduler, dynamic_lr_factor: see :class:`BaseTask`.
+    """
+
+    monitor = "val/miou"
+    mode = "max"
+
+    def __init__(
+        self,
+        head: Literal["fpn", "deeplabv3"] = "fpn",
+        backbone: str = "resnet18",
+        backbone_kwargs: Optional[dict[str, Any]] = None,
+        head_kwargs: Optional[dict[str, Any]] = None,
+        aux_loss: bool = False,
+        aux_weight: float = 0.4,
+        dice_weight: float = 0.0,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        ignore_index: int = IGNORE_INDEX,
+        class_names: Optional[list[str]] = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        dynamic_lr_factor: float = 1.0,
+    ) -> None:
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if aux_weight < 0 or dice_weight < 0:
+            raise ValueError(
+                f"loss weights must be >= 0, got aux_weight={aux_weight}, dice_weight={dice_weight}"
+            )
+        super().__init__(num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor)
+
+    # -- model, loss, metrics ----------------------------------------------------------------
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.model = create_segmentation_model(
+            hp.backbone,
+            hp.head,
+            hp.num_classes,
+            hp.in_channels,
+            aux=hp.aux_loss,
+            backbone_kwargs=hp.backbone_kwargs,
+            head_kwargs=hp.head_kwargs,
+        )
+
+    def configure_losses(self) -> None:
+        self.criterion = nn.CrossEntropyLoss(ignore_index=self.hparams.ignore_index)
+
+    def configure_metrics(self) -> None:
+        n, ignore = self.hparams.num_classes, self.hparams.ignore_index
+        collection = MetricCollection(
+            {
+                "miou": MulticlassJaccardIndex(n, average="macro", ignore_index=ignore),
+                "pixel_acc": MulticlassAccuracy(n, average="micro", ignore_index=ignore),
+            }
+        )
+        self.train_metrics = collection.clone(prefix="train/")
+        self.val_metrics = collection.clone(prefix="val/")
+        self.test_metrics = collection.clone(prefix="test/")
+        # NaN (not 0) for a class absent from both targets and predictions.
+        self.test_per_class = MulticlassJaccardIndex(
+            n, average=None, ignore_index=ignore, zero_division=float("nan")
+        )
+
+    # -- steps -------------------------------------------------------------------------------
+    @staticmethod
+    def masks(targets: list[dict[str, Any]], device: torch.device) -> Tensor:
+        """The targets' masks stacked: ``int64[B, H, W]``."""
+        return torch.stack([t["mask"] for t in targets]).to(device=device, dtype=torch.long)
+
+    def _cross_entropy(self, logits: Tensor, masks: Tensor) -> Tensor:
+        if not bool((masks != self.hparams.ignore_index).any()):
+            return logits.sum() * 0.0  # every pixel ignored: mean over nothing would be NaN
+        return self.criterion(logits, masks)
+
+    def compute_losses(self, outputs: dict[str, Tensor], masks: Tensor) -> dict[str, Tensor]:
+        """``{"loss": total, "ce": ..., "aux": ..., "dice": ...}`` (terms that are on)."""
+        hp = self.hparams
+        losses = {"ce": self._cross_entropy(outputs["out"], masks)}
+        total = losses["ce"]
+        if "aux" in outputs:
+            losses["aux"] = self._cross_entropy(outputs["aux"], masks)
+            total = total + hp.aux_weight * losses["aux"]
+        if hp.dice_weight > 0:
+            losses["dice"] = soft_dice_loss(outputs["out"], masks, hp.ignore_index)
+            total = total + hp.dice_weight * losses["dice"]
+        losses["loss"] = total
+        return losses
+
+    def _shared_step(self, batch: SegmentationBatch, stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        images, targets = batch
+        masks = self.masks(targets, images.device)
+        if masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                f"masks {tuple(masks.shape[-2:])} and images {tuple(images.shape[-2:])} differ in size"
+            )
+        outputs = self(images)
+        losses = self.compute_losses(outputs, masks)
+        train = stage == "train"
+        batch_size = images.shape[0]
+        self.log(
+            f"{stage}/loss",
+            losses["loss"],
+            on_step=train,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=not train,
+            batch_size=batch_size,
+        )
+        if len(losses) > 2:  # the terms, when there is more than one
+            self.log_dict(
+                {f"{stage}/loss_{k}": v for k, v in losses.items() if k != "loss"},
+                on_step=False,
+                on_epoch=True,
+                sync_dist=not train,
+                batch_size=batch_size,
+            )
+        return losses["loss"], outputs["out"].detach().argmax(dim=1), masks
+
+    def training_step(self, batch: SegmentationBatch, batch_idx: int) -> Tensor:
+        loss, preds, masks = self._shared_step(batch, "train")
+        self.train_metrics.update(preds, masks)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
+        _, preds, masks = self._shared_step(batch, "val")
+        self.val_metrics.update(preds, masks)
+        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
+        _, preds, masks = self._shared_step(batch, "test")
+        self.test_metrics.update(preds, masks)
+        self.test_per_class.update(preds, masks)
+        self.log_dict(self.test_metrics, on_epoch=True)
+
+    def class_names(self) -> list[str]:
+        names = self.hparams.class_names or getattr(
+            getattr(self._trainer, "datamodule", None), "class_names", None
+        )
+        return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
+
+    def on_test_epoch_end(self) -> None:
+        #: ``Tensor[num_classes]`` IoU per class of the last test (NaN: class absent); for notebooks.
+        self.per_class_iou = self.test_per_class.compute().cpu()
+        for name, value in zip(self.class_names(), self.per_class_iou):
+            self.log(f"test/iou/{name}", value)
+        self.test_per_class.reset()
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[Tensor]:
+        """Class maps at each image's original size.
+
+        Logits are resized bilinearly to ``orig_size`` (from the targets, when the batch is
+        ``(images, targets)``; else the batch size) before the argmax. Returns a list of ``B``
+        CPU tensors ``[H_i, W_i]``, ``uint8`` (``int64`` with more than 256 classes).
+        """
+        images, targets = (
+            (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        )
+        logits = self(images)["out"]
+        dtype = torch.uint8 if self.hparams.num_classes <= 256 else torch.long
+        maps = []
+        for index, logit in enumerate(logits):
+            size = tuple(logit.shape[-2:])
+            if targets is not None and "orig_size" in targets[index]:
+                size = tuple(int(s) for s in targets[index]["orig_size"])
+            if size != tuple(logit.shape[-2:]):
+                logit = F.interpolate(logit[None], size=size, mode="bilinear", align_corners=False)[
+                    0
+                ]
+            maps.append(logit.argmax(dim=0).to(dtype).cpu())
+        return maps
+
+    # -- images for the loggers --------------------------------------------------------------
+    def _display_statistics(self, channels: int) -> tuple[Tensor, Tensor]:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        mean = getattr(datamodule, "mean", None) or (0.0,) * channels
+        std = getattr(datamodule, "std", None) or (1.0,) * channels
+        return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+    @torch.no_grad()
+    def prediction_images(
+        self, batch: SegmentationBatch, max_images: Optional[int] = None
+    ) -> list[tuple[str, np.ndarray]]:
+        """Image | ground truth | prediction panels with a colour legend, one per image.
+
+        Used by :class:`~dck_lightning.callbacks.image_logging.PredictionImageLogger` (which
+        cuts the batch to its ``max_images``). Images are un-normalised with the DataModule's
+        ``mean``/``std``; masks are drawn with the VOC palette, see
+        :func:`render_segmentation_panel`.
+
+        Args:
+            batch: a ``(images, targets)`` batch as the steps see it (normalised images).
+            max_images: render at most this many images (default: all).
+
+        Returns:
+            ``[(caption, uint8[H', W', 3]), ...]``, one per image.
+        """
+        images, targets = batch
+        if max_images is not None:
+            images, targets = images[:max_images], list(targets)[:max_images]
+        was_training = self.training
+        self.eval()
+        try:
+            preds = self(images)["out"].argmax(dim=1).cpu()
+        finally:
+            self.train(was_training)
+        mean, std = self._display_statistics(images.shape[1])
+        pixels = (
+            ((images.detach().float().cpu() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+        )
+        if pixels.shape[1] == 1:
+            pixels = pixels.expand(-1, 3, -1, -1)
+        names = self.class_names()
+        panels = []
+        for index, (image, pred, target) in enumerate(zip(pixels, preds, targets)):
+            mask = target["mask"].cpu().long()
+            panel = render_segmentation_panel(
+                image[:3], mask, pred, names, self.hparams.ignore_index
+            )
+            caption = f"{target.get('image_id', index)}: image | ground truth | prediction"
+            panels.append((caption, panel))
+        return panels
+
+
+# -- rendering ---------------------------------------------------------------------------------
+_PALETTE = np.asarray(voc_palette(256), dtype=np.uint8).reshape(256, 3)
+
+
+def _overlay(image: Tensor, labels: Tensor, classes: list[int], alpha: float = 0.6) -> Tensor:
+    if not classes:
+        return image
+    masks = torch.stack([labels == c for c in classes])
+    colours = [tuple(int(v) for v in _PALETTE[c % 256]) for c in classes]
+    return draw_segmentation_masks(image, masks, alpha=alpha, colors=colours)
+
+
+def render_segmentation_panel(
+    image: Tensor,
+    target: Tensor,
+    prediction: Tensor,
+    class_names: list[str],
+    ignore_index: int = IGNORE_INDEX,
+    min_side: int = 160,
+) -> np.ndarray:
+    """``image | ground truth | prediction`` side by side with titles and a colour legend.
+
+    Class ``c`` is drawn in colour ``c`` of the VOC palette (ignored pixels in colour 255);
+    a class named ``"background"`` is not drawn. Small images are enlarged (nearest) so the
+    shorter side is at least ``min_side`` pixels.
+
+    Args:
+        image: ``uint8[3, H, W]``.
+        target, prediction: ``int64[H, W]`` class maps (``target`` may hold ``ignore_index``).
+        class_names: name of each class id.
+
+    Returns:
+        ``uint8[H', W', 3]``.
+    """
+    shown = lambda c: not (c < len(class_names) and class_names[c] == "background")  # noqa: E731
+    in_target = [int(c) for c in target.unique() if int(c) != ignore_index and shown(int(c))]
+    in_pred = [int(c) for c in prediction.unique() if shown(int(c))]
+    target_classes = in_target + ([ignore_index] if bool((target == ignore_index).any()) else [])
+    views = [image, _overlay(image, target, target_classes), _overlay(image, prediction, in_pred)]
+    scale = max(1, -(-min_side // min(image.shape[-2:])))
+    views = [v.repeat_interleave(scale, 1).repeat_interleave(scale, 2) for v in views]
+    height, width = views[0].shape[-2:]
+
+    font = ImageFont.load_default()
+    gap, title_h, row_h, pad = 4, 16, 16, 4
+    legend = sorted(set(in_target) | set(in_pred)) + (
+        [ignore_index] if ignore_index in target_classes else []
+    )
+    labels = [
+        ("ignore" if c == ignore_index else (class_names[c] if c < len(class_names) else str(c)), c)
+        for c in legend
+    ]
+    canvas_w = 3 * width + 2 * gap
+    # Lay the legend entries out in rows that fit the canvas width.
+    rows: list[list[tuple[int, str, int]]] = [[]]
+    x = pad
+    for text, c in labels:
+        entry_w = 12 + 4 + int(font.getlength(text)) + 12
+        if rows[-1] and x + entry_w > canvas_w:
+            rows.append([])
+            x = pad
+        rows[-1].append((x, text, c))
+        x += entry_w
+    legend_h = pad + row_h * len(rows) if labels else 0
+    canvas = Image.new("RGB", (canvas_w, title_h + height + legend_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (view, title) in enumerate(zip(views, ("image", "ground truth", "prediction"))):
+        left = i * (width + gap)
+        canvas.paste(Image.fromarray(view.permute(1, 2, 0).numpy()), (left, title_h))
+        draw.text((left + 2, 2), title, fill=(0, 0, 0), font=font)
+    for r, row in enumerate(rows):
+        y = title_h + height + pad + r * row_h
+        for x, text, c in row:
+            draw.rectangle(
+                (x, y + 1, x + 11, y + 12),
+                fill=tuple(int(v) for v in _PALETTE[c % 256]),
+                outline=(0, 0, 0),
+            )
+            draw.text((x + 16, y), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+__all__ = ["SegmentationTask", "render_segmentation_panel", "soft_dice_loss"]

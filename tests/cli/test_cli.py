@@ -1,0 +1,132 @@
+"""The `dck` CLI in-process: configs parse, fit → checkpoint → validate/test/predict, W&B offline,
+run folders never overwritten, clear errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import wandb
+import yaml
+
+from dck_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
+SNIPPETS = sorted(p for p in (REPO / "configs").glob("*/*.yaml"))
+
+TINY_MODEL = '{"widths": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}'
+
+
+def tiny_args(root: Path, *extra: str) -> list[str]:
+    return [
+        "--run.root", str(root),
+        "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--model.init_args.model_kwargs", TINY_MODEL,
+        "--data.init_args.image_size", "16",
+        "--data.init_args.num_train", "32",
+        "--data.init_args.num_val", "16",
+        "--data.init_args.num_test", "16",
+        "--data.init_args.batch_size", "8",
+        *extra,
+    ]
+
+
+def print_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_parses(config, capsys):
+    resolved = print_config(capsys, "-c", str(config))
+    assert resolved["model"]["class_path"].startswith("dck_lightning.tasks")
+    assert resolved["data"]["class_path"].startswith("dck_lightning.data")
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=[f"{p.parent.name}/{p.name}" for p in SNIPPETS])
+def test_snippets_combine_with_a_config(snippet, capsys):
+    resolved = print_config(capsys, "-c", str(REPO / "configs" / "mnist_seed.yaml"), "-c", str(snippet))
+    section = yaml.safe_load(snippet.read_text())
+    for key, values in section.items():
+        for name, value in values.items():
+            assert resolved[key][name] == value
+
+
+def test_default_config_file_is_the_embedded_default(capsys):
+    embedded = print_config(capsys)
+    from_file = print_config(capsys, "-c", str(REPO / "configs" / "default.yaml"))
+    embedded.pop("config", None), from_file.pop("config", None)
+    assert embedded == from_file
+
+
+def test_fit_then_validate_test_predict_from_the_checkpoint(tmp_path, capsys):
+    cli = main(["fit", *tiny_args(tmp_path, "--run.name", "shapes")])
+    run_dir = tmp_path / "shapes" / "version_0"
+    assert Path(cli.trainer.log_dir) == run_dir
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file() and list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
+    out = capsys.readouterr().out
+    assert "Finished fit: val/acc" in out and str(last) in out
+
+    # W&B offline: the run folder holds the metrics and the resolved config.
+    wandb.finish()
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    records = next(offline[0].glob("run-*.wandb")).read_bytes()
+    assert b"val/acc" in records and b"train/loss_epoch" in records
+    assert b"dcb_small" in records and b"SyntheticShapesDataModule" in records
+    saved = yaml.safe_load((offline[0] / "files" / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["model"] == "dcb_small"
+
+    for command in ("validate", "test", "predict"):
+        main([command, *tiny_args(tmp_path, "--run.name", "shapes", "--run.wandb", "disabled"), "--ckpt_path", str(last)])
+    assert "Finished test: test/acc" in capsys.readouterr().out
+    # Each command got its own run folder; the training run is untouched.
+    assert sorted(p.name for p in (tmp_path / "shapes").iterdir()) == [f"version_{i}" for i in range(4)]
+
+
+def test_run_folders_are_never_reused(tmp_path):
+    for _ in range(2):
+        main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled", "--trainer.limit_val_batches", "0")])
+    runs = sorted((tmp_path / "default").iterdir())
+    assert [p.name for p in runs] == ["version_0", "version_1"]
+    assert all((p / "checkpoints" / "last.ckpt").is_file() for p in runs)
+
+
+def test_resume_into_the_same_run_keeps_the_first_config(tmp_path):
+    main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled")])
+    run_dir = tmp_path / "default" / "version_0"
+    first_config = (run_dir / "config.yaml").read_text()
+    first_rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled", "--trainer.max_epochs", "2"),
+          "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    assert (run_dir / "config.yaml").read_text() == first_config
+    assert (run_dir / "config_1.yaml").is_file()
+    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) > len(first_rows)  # the first part's metrics are kept, the second's appended
+    assert not (tmp_path / "default" / "version_1").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model.init_args.no_such_key", "1"], "no_such_key"),
+        (["--model.init_args.label_smoothing", "lots"], "label_smoothing"),
+        (["--model", "dck_lightning.tasks.NoSuchTask"], "NoSuchTask"),
+        (["-c", "configs/does_not_exist.yaml"], "does_not_exist.yaml"),
+        (["--trainer.max_epochs", "many"], "max_epochs"),
+    ],
+)
+def test_bad_input_gives_the_cli_message_not_a_traceback(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
