@@ -31,12 +31,21 @@ from .loggers import ResumableCSVLogger
 from .runs import RUN_DIR_ENV, WandbMode, resolve_run_dir, resolve_wandb_mode, wandb_run_id
 from .tasks import BaseTask
 
-DEFAULT_MODEL = {"class_path": "dck_lightning.tasks.ClassificationTask", "init_args": {"model": "dcb_small"}}
+DEFAULT_MODEL = {
+    "class_path": "dck_lightning.tasks.ClassificationTask",
+    "init_args": {
+        "model": "dcb_small",
+        # A multi-scale max-pooled head: small shapes on textured backgrounds are learned
+        # from the fine levels within a few epochs while the DCB stages catch up.
+        "model_kwargs": {"feature": "all", "pool": "max"},
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.002}},
+    },
+}
 DEFAULT_DATA = {
     "class_path": "dck_lightning.data.SyntheticShapesDataModule",
     "init_args": {"task": "classification", "image_size": 32},
 }
-TRAINER_DEFAULTS = {"max_epochs": 4, "log_every_n_steps": 10}
+TRAINER_DEFAULTS = {"max_epochs": 6, "log_every_n_steps": 10}
 
 
 @dataclass

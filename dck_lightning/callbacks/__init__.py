@@ -2,5 +2,6 @@
 
 from .config_saving import SaveRunConfig, redact_secrets
 from .run_summary import RunSummary
+from .throughput import EpochThroughput
 
-__all__ = ["RunSummary", "SaveRunConfig", "redact_secrets"]
+__all__ = ["EpochThroughput", "RunSummary", "SaveRunConfig", "redact_secrets"]

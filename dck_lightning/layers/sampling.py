@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 Backend = Literal["auto", "torch", "torchvision"]
@@ -155,41 +156,114 @@ def _check_shapes(input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[
     return offset_groups
 
 
-def sampling_grid(
+def bilinear_taps(
     offset: Tensor,
+    mask: Optional[Tensor],
     kernel_size: tuple[int, int],
     in_size: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
-) -> Tensor:
-    """Normalised ``grid_sample`` coordinates of every (tap, output position).
+) -> tuple[Tensor, Tensor]:
+    """The four input pixels and weights of every bilinear sample, ordered for the matmul.
 
-    Tap ``k = (i, j)`` of output position ``(oy, ox)`` samples input pixel
-    ``(oy·s_y − p_y + i·d_y + Δy, ox·s_x − p_x + j·d_x + Δx)``. Pixel centres are mapped to
-    ``align_corners=False`` coordinates ``(2·c + 1) / size − 1``.
+    Tap ``k = (i, j)`` of output position ``(oy, ox)`` in offset group ``g`` samples the input
+    at ``(oy·s_y − p_y + i·d_y + Δy, ox·s_x − p_x + j·d_x + Δx)``. Its value is
+    ``Σ_n weights[·, n] · table[index[·, n]]`` over the four neighbouring pixels, where
+    ``table = input.permute(0, 2, 3, 1).reshape(B·H·W·G, C // G)`` holds one row per
+    (pixel, offset group). Neighbours outside the image get weight 0 (their index is clamped
+    to a valid row), which is zero padding, as in torchvision; the modulation ``mask`` is
+    folded into the weights. Coordinates are computed in at least ``float32``.
 
     Args:
-        offset (Tensor[N, 2 * kh * kw, out_h, out_w]): per-group offsets (groups folded into N).
+        offset (Tensor[B, 2 * G * kh * kw, out_h, out_w]): ``(Δy, Δx)`` per tap, torchvision's layout.
+        mask (Tensor[B, G * kh * kw, out_h, out_w], optional): modulation per tap.
 
     Returns:
-        Tensor[N, kh * kw * out_h, out_w, 2] of ``(x, y)`` pairs, as ``grid_sample`` wants.
+        index (LongTensor[B * out_h * out_w * kh * kw * G, 4]) and weights (Tensor[same, 4]),
+        rows ordered ``(b, oy, ox, tap, g)`` so that the sampled rows reshape to
+        ``[B · out_h · out_w, kh · kw · C]``.
     """
-    n, _, out_h, out_w = offset.shape
+    batch, channels, out_h, out_w = offset.shape
     kh, kw = kernel_size
+    taps = kh * kw
+    groups = channels // (2 * taps)
     height, width = in_size
-    device, dtype = offset.device, offset.dtype
-    offset = offset.view(n, kh * kw, 2, out_h, out_w)
-    tap_y = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw) * dilation[0]
-    tap_x = torch.arange(kw, device=device, dtype=dtype).repeat(kh) * dilation[1]
-    base_y = torch.arange(out_h, device=device, dtype=dtype) * stride[0] - padding[0]
-    base_x = torch.arange(out_w, device=device, dtype=dtype) * stride[1] - padding[1]
-    # Regular positions in normalised units, then offsets scaled into the same units.
-    grid_y = (2 * (tap_y[:, None, None] + base_y[None, :, None]) + 1) / height - 1
-    grid_x = (2 * (tap_x[:, None, None] + base_x[None, None, :]) + 1) / width - 1
-    y = grid_y + offset[:, :, 0] * (2 / height)
-    x = grid_x + offset[:, :, 1] * (2 / width)
-    return torch.stack((x, y), dim=-1).view(n, kh * kw * out_h, out_w, 2)
+    device, dtype = offset.device, torch.promote_types(offset.dtype, torch.float32)
+    # [B, G, K, 2, out_h, out_w] -> [B, out_h, out_w, K, G, 2]: the order of the output rows.
+    offset = offset.to(dtype).view(batch, groups, taps, 2, out_h, out_w).permute(0, 4, 5, 2, 1, 3)
+    tap_y = (torch.arange(kh, device=device) * dilation[0]).repeat_interleave(kw)
+    tap_x = (torch.arange(kw, device=device) * dilation[1]).repeat(kh)
+    pos_y = torch.arange(out_h, device=device) * stride[0] - padding[0]
+    pos_x = torch.arange(out_w, device=device) * stride[1] - padding[1]
+    y = (pos_y.view(-1, 1, 1, 1) + tap_y.view(-1, 1)).to(dtype) + offset[..., 0]  # [B, oh, ow, K, G]
+    x = (pos_x.view(-1, 1, 1) + tap_x.view(-1, 1)).to(dtype) + offset[..., 1]
+    y0, x0 = y.detach().floor(), x.detach().floor()
+    # The two neighbouring rows and columns, and their (separable) interpolation weights.
+    corner = torch.arange(2, device=device)
+    rows = y0.long().unsqueeze(-1) + corner  # [B, oh, ow, K, G, 2]
+    cols = x0.long().unsqueeze(-1) + corner
+    frac_y, frac_x = y - y0, x - x0
+    weight_y = torch.stack((1 - frac_y, frac_y), dim=-1) * ((rows >= 0) & (rows < height))
+    weight_x = torch.stack((1 - frac_x, frac_x), dim=-1) * ((cols >= 0) & (cols < width))
+    if mask is not None:
+        mask = mask.to(dtype).view(batch, groups, taps, out_h, out_w).permute(0, 3, 4, 2, 1)
+        weight_y = weight_y * mask.unsqueeze(-1)
+    weights = weight_y.unsqueeze(-1) * weight_x.unsqueeze(-2)  # [B, oh, ow, K, G, 2, 2]
+    image_rows = rows.clamp_(0, height - 1) + (torch.arange(batch, device=device) * height).view(-1, 1, 1, 1, 1, 1)
+    pixel = (image_rows * width).unsqueeze(-1) + cols.clamp_(0, width - 1).unsqueeze(-2)
+    index = pixel * groups + torch.arange(groups, device=device).view(-1, 1, 1)
+    return index.reshape(-1, 4), weights.reshape(-1, 4)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``out[n] = Σ_j weights[n, j] · table[index[n, j]]`` with a backward that suits CPUs.
+
+    The forward is :func:`~torch.nn.functional.embedding_bag`. Its own backward sorts all
+    indices to accumulate the table gradient; here the op is read as a sparse matrix ``S``
+    (4 non-zeros a row, ``out = S · table``), so the table gradient is one unsorted pass
+    ``Sᵀ · grad`` (COO) and the weight gradient is ``grad · tableᵀ`` sampled at the
+    non-zeros of ``S`` (:func:`torch.sparse.sampled_addmm`).
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(table, index, weights)
+        return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], None, Optional[Tensor]]:
+        table, index, weights = ctx.saved_tensors
+        dtype = grad.dtype
+        if dtype not in (torch.float32, torch.float64):  # the sparse kernels want float32/64
+            grad, table, weights = grad.float(), table.float(), weights.float()
+        rows, per_row = index.shape
+        flat_index, flat_weights = index.reshape(-1), weights.reshape(-1)
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            row_of = torch.arange(rows, device=index.device).repeat_interleave(per_row)
+            s_t = torch.sparse_coo_tensor(
+                torch.stack((flat_index, row_of)), flat_weights, (table.shape[0], rows), check_invariants=False
+            )
+            grad_table = torch.sparse.mm(s_t, grad).to(dtype)
+        if ctx.needs_input_grad[2]:
+            crow = torch.arange(0, rows * per_row + 1, per_row, device=index.device)
+            s = torch.sparse_csr_tensor(
+                crow, flat_index, flat_weights, (rows, table.shape[0]), check_invariants=False
+            )
+            dots = torch.sparse.sampled_addmm(s, grad, table.t(), beta=0.0)
+            grad_weights = dots.values().view(rows, per_row).to(dtype)
+        return grad_table, None, grad_weights
+
+
+def gather_rows(table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+    """``Σ_j weights[:, j, None] · table[index[:, j]]``: ``[N, C]`` from ``table [R, C]``, ``index, weights [N, J]``."""
+    if torch.onnx.is_in_onnx_export():  # Gather + Mul + ReduceSum
+        return (table[index] * weights.unsqueeze(-1)).sum(1)
+    if table.device.type == "cpu" and torch.is_grad_enabled() and (table.requires_grad or weights.requires_grad):
+        return _GatherRows.apply(table, index, weights)
+    return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
 
 
 def _deform_conv2d_torch(
@@ -202,11 +276,13 @@ def _deform_conv2d_torch(
     dilation: Union[int, tuple[int, int]],
     mask: Optional[Tensor],
 ) -> Tensor:
-    """``grid_sample`` + matmul implementation of :func:`deform_conv2d`.
+    """Bilinear gathers + one matmul implementation of :func:`deform_conv2d`.
 
-    The sampled columns ``[B, C, K, L]`` (``K`` taps, ``L`` output positions) come out of
-    ``grid_sample`` already in ``im2col`` order, so the convolution is one batched matmul
-    ``W[O, C·K] @ cols[B, C·K, L]`` (per group).
+    The input is read channels-last, one row of ``C // G`` channels per (pixel, offset
+    group); every sample is a weighted sum of four rows (:func:`gather_rows`, the weights
+    shared by all channels and carrying the mask). The samples come out as the im2col
+    matrix ``cols [B · out_h · out_w, kh · kw · C]``, and the convolution is one matmul with
+    the weight reshaped to ``[kh · kw · C, out_channels]``.
     """
     offset_groups = _check_shapes(input, offset, weight, mask)
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
@@ -219,32 +295,24 @@ def _deform_conv2d_torch(
     dtype = torch.promote_types(input.dtype, weight.dtype)
     if torch.is_autocast_enabled(input.device.type):
         dtype = torch.get_autocast_dtype(input.device.type)
-    input, offset, weight = input.to(dtype), offset.to(dtype), weight.to(dtype)
-
-    grid = sampling_grid(
-        offset.reshape(batch * offset_groups, 2 * taps, out_h, out_w),
-        (kh, kw),
-        (height, width),
-        stride,
-        padding,
-        dilation,
-    )
+    channels_last = input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last)
     with torch.autocast(input.device.type, enabled=False):
-        cols = F.grid_sample(
-            input.reshape(batch * offset_groups, in_channels // offset_groups, height, width),
-            grid,
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=False,
+        index, weights = bilinear_taps(
+            offset, mask, (kh, kw), (height, width), stride, padding, dilation
         )
-    # cols: [B·G_off, C/G_off, K·out_h, out_w] -> [B, C, K, L]
-    cols = cols.view(batch, offset_groups, in_channels // offset_groups, taps, out_h * out_w)
-    if mask is not None:
-        cols = cols * mask.to(dtype).view(batch, offset_groups, 1, taps, out_h * out_w)
-    cols = cols.reshape(batch, groups, channels_per_group * taps, out_h * out_w)
-    w = weight.reshape(groups, out_channels // groups, channels_per_group * taps)
-    out = torch.matmul(w.unsqueeze(0), cols)  # [B, groups, O/groups, L]
-    out = out.reshape(batch, out_channels, out_h, out_w)
-    if bias is not None:
-        out = out + bias.to(dtype).view(1, -1, 1, 1)
-    return out
+        table = input.to(dtype).permute(0, 2, 3, 1).reshape(-1, in_channels // offset_groups)
+        cols = gather_rows(table, index, weights.to(dtype))
+        cols = cols.view(batch * out_h * out_w, taps * in_channels)  # im2col, (tap, channel) order
+        weight = weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        if groups == 1:
+            w = weight.permute(2, 3, 1, 0).reshape(taps * in_channels, out_channels)
+            out = cols @ w if bias is None else torch.addmm(bias, cols, w)
+        else:
+            w = weight.view(groups, out_channels // groups, channels_per_group, taps)
+            cols = cols.view(-1, taps, groups, channels_per_group)
+            out = torch.einsum("nkgc,gock->ngo", cols, w).reshape(-1, out_channels)
+            if bias is not None:
+                out = out + bias
+    out = out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()

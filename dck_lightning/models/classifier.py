@@ -7,6 +7,9 @@ average over the whole map dilutes them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Union
+
 import torch
 from torch import Tensor, nn
 
@@ -21,26 +24,36 @@ class ImageClassifier(nn.Module):
     Args:
         backbone (DCBNet): any module returning a dict of features with ``out_channels``.
         num_classes (int): classes.
-        feature (str): which feature map to pool. Default: the last (``"c5"``).
+        feature (str or Sequence[str]): feature map(s) to pool; several (or ``"all"``) are
+            pooled and concatenated — a multi-scale head that sees the fine, early levels
+            as well as the deep ones. Default: the last (``"c5"``).
         dropout (float): dropout before the linear layer. Default: 0.
         pool (str): ``"avg"``, ``"max"`` or ``"avgmax"``. Default: ``"avg"``.
     """
 
     def __init__(
-        self, backbone: DCBNet, num_classes: int, feature: str = "c5", dropout: float = 0.0, pool: str = "avg"
+        self,
+        backbone: DCBNet,
+        num_classes: int,
+        feature: Union[str, Sequence[str]] = "c5",
+        dropout: float = 0.0,
+        pool: str = "avg",
     ) -> None:
         super().__init__()
-        if feature not in backbone.out_channels:
-            raise ValueError(f"feature must be one of {list(backbone.out_channels)}, got {feature!r}")
+        names = list(backbone.out_channels) if feature == "all" else [feature] if isinstance(feature, str) else list(feature)
+        unknown = [name for name in names if name not in backbone.out_channels]
+        if unknown or not names:
+            raise ValueError(f"feature must be 'all' or among {list(backbone.out_channels)}, got {feature!r}")
         self.backbone = backbone
-        self.feature = feature
+        self.features = names
         check_choice("pool", pool, ("avg", "max", "avgmax"))
         pools = {"avg": [nn.AdaptiveAvgPool2d(1)], "max": [nn.AdaptiveMaxPool2d(1)]}
         pools["avgmax"] = pools["avg"] + pools["max"]
         self.pools = nn.ModuleList(pools[pool])
-        channels = backbone.out_channels[feature] * len(self.pools)
+        channels = sum(backbone.out_channels[name] for name in names) * len(self.pools)
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.backbone(x)[self.feature]
-        return self.head(torch.cat([pool(features) for pool in self.pools], dim=1))
+        features = self.backbone(x)
+        pooled = [pool(features[name]) for name in self.features for pool in self.pools]
+        return self.head(torch.cat(pooled, dim=1))

@@ -8,7 +8,8 @@ layout (torchvision's BasicBlock in every stage) for ablations.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Union
 
 from torch import nn
 
@@ -48,7 +49,13 @@ def create_backbone(name: str, **kwargs: Any) -> DCBNet:
 
 
 def create_classifier(
-    name: str, num_classes: int, in_channels: int = 3, dropout: float = 0.0, pool: str = "avg", **kwargs: Any
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    dropout: float = 0.0,
+    pool: str = "avg",
+    feature: Union[str, Sequence[str]] = "c5",
+    **kwargs: Any,
 ) -> nn.Module:
     """A classifier: ``"seednet"`` (the design document's model) or a backbone preset + head."""
     if name == "seednet":
@@ -56,5 +63,5 @@ def create_classifier(
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; choose one of {[*CLASSIFIERS, *list_backbones()]}")
     return ImageClassifier(
-        create_backbone(name, in_channels=in_channels, **kwargs), num_classes, dropout=dropout, pool=pool
+        create_backbone(name, in_channels=in_channels, **kwargs), num_classes, feature=feature, dropout=dropout, pool=pool
     )

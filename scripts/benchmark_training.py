@@ -1,0 +1,170 @@
+"""Framework overhead and data throughput for ``configs/mnist_seed.yaml``.
+
+1. Training images/s of the SeedNet recipe (batch 128, Adam) through the framework
+   (``dck fit -c configs/mnist_seed.yaml``, in-process, logging on) against a plain PyTorch
+   loop over the same model, data and batch size, measured in the same run. Each is run for
+   ``--epochs`` epochs; the last epoch is compared (the first warms up). Target: framework
+   time per epoch ≤ 1.05 × the plain loop's.
+2. The DataModule's own images/s with augmentation on (loader + on-device batch transform,
+   no model), against the images/s the model consumes. Target: ≥ 10×.
+
+Data: the real MNIST test split from ``../shared/data/mnist-t10k`` when present (used as
+both training and test images, since the training images are not shipped), else random
+digits in the same IDX format.
+
+    python scripts/benchmark_training.py --write BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import platform
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_utils import write_section  # noqa: E402
+
+from dck_lightning.callbacks import EpochThroughput  # noqa: E402
+from dck_lightning.cli import main as dck  # noqa: E402
+from dck_lightning.data import MNISTDataModule  # noqa: E402
+from dck_lightning.models import SeedNet  # noqa: E402
+
+SECTION = ("<!-- benchmark_training:start -->", "<!-- benchmark_training:end -->")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def mnist_dir(root: Path) -> tuple[Path, str]:
+    """An MNIST data_dir with train and test files; returns it and where the images came from."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    shared = Path(os.environ.get("DCK_SHARED_DATA", REPO.parent / "shared" / "data")) / "mnist-t10k"
+    if (shared / "t10k-images-idx3-ubyte.gz").is_file():
+        for split in ("train", "t10k"):
+            for kind in ("images-idx3", "labels-idx1"):
+                shutil.copy(shared / f"t10k-{kind}-ubyte.gz", raw / f"{split}-{kind}-ubyte.gz")
+        return root, f"real MNIST t10k ({shared})"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10000), ("t10k", 1000)):
+        write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    return root, "random IDX digits"
+
+
+def framework_epochs(data_dir: Path, run_root: Path, epochs: int) -> list[tuple[float, int]]:
+    """``dck fit -c configs/mnist_seed.yaml`` (CSV + offline W&B logging, checkpoints) timed per epoch."""
+    cli = dck(
+        [
+            "fit", "-c", str(REPO / "configs" / "mnist_seed.yaml"),
+            "--data.init_args.data_dir", str(data_dir),
+            "--trainer.max_epochs", str(epochs),
+            "--trainer.limit_val_batches", "0",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false",
+            "--trainer.callbacks+=dck_lightning.callbacks.EpochThroughput",
+            "--run.root", str(run_root),
+            "--run.wandb", "offline",
+        ]
+    )
+    timer = next(c for c in cli.trainer.callbacks if isinstance(c, EpochThroughput))
+    return timer.history
+
+
+def plain_epochs(data_dir: Path, epochs: int, batch_size: int = 128) -> list[tuple[float, int]]:
+    """The same SeedNet, data, batch size and optimiser in a hand-written loop."""
+    torch.manual_seed(42)
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=batch_size, val_split=0.1, augment=False)
+    dm.setup("fit")
+    model = SeedNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(epochs):
+        start, images = time.perf_counter(), 0
+        model.train()
+        for batch in dm.train_dataloader():
+            x, y = dm.on_after_batch_transfer(batch, 0)
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            images += len(y)
+        history.append((time.perf_counter() - start, images))
+    return history
+
+
+class _Training:
+    """Stands in for a trainer that is training, so the DataModule augments."""
+
+    training = True
+    global_rank = 0
+
+
+def data_images_per_sec(data_dir: Path, epochs: int = 2, batch_size: int = 128) -> float:
+    """Loader + on-device augmentation + normalisation, no model: images/s of the last epoch."""
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=batch_size, val_split=0.1, augment=True)
+    dm.setup("fit")
+    dm.trainer = _Training()
+    rate = 0.0
+    for _ in range(epochs):
+        start, images = time.perf_counter(), 0
+        for batch in dm.train_dataloader():
+            x, _ = dm.on_after_batch_transfer(batch, 0)
+            images += len(x)
+        rate = images / (time.perf_counter() - start)
+    return rate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--write", type=Path, help="update this markdown file's training section")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, source = mnist_dir(Path(tmp) / "data")
+        plain = plain_epochs(data_dir, args.epochs)
+        framework = framework_epochs(data_dir, Path(tmp) / "runs", args.epochs)
+        data_rate = data_images_per_sec(data_dir)
+    (plain_s, n), (framework_s, n_framework) = plain[-1], framework[-1]
+    model_rate = n / plain_s
+    lines = [
+        f"Data: {source}; {n} training images per epoch, batch 128, Adam; epoch {args.epochs} of {args.epochs}.",
+        "",
+        "| measurement | seconds/epoch | images/s | ratio |",
+        "|---|---|---|---|",
+        f"| plain PyTorch loop (baseline) | {plain_s:.2f} | {n / plain_s:.0f} | 1.00 |",
+        f"| `dck fit -c configs/mnist_seed.yaml` | {framework_s:.2f} | {n_framework / framework_s:.0f} | {framework_s / plain_s:.3f} × time |",
+        f"| DataModule alone (augment on, no model) | — | {data_rate:.0f} | {data_rate / model_rate:.1f} × model consumption |",
+    ]
+    print("\n".join(lines))
+    if args.write:
+        command = "python scripts/benchmark_training.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        body = "\n".join(
+            [
+                "## Training: framework overhead and data throughput (mnist_seed.yaml)",
+                "",
+                f"Command: `{command.strip()}`  ",
+                f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+                "",
+                *lines,
+            ]
+        )
+        write_section(args.write, body, SECTION)
+
+
+if __name__ == "__main__":
+    main()
