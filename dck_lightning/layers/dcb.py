@@ -29,11 +29,18 @@ DCK_MODES = ("adaptive", "static", "off")
 _CONV_FOR_DCK = {"adaptive": "dynamic", "static": "static", "off": "plain"}
 
 
+def dck_mode(value: "str | bool") -> str:
+    """Validate a DCK mode; ``False`` reads as ``"off"`` (YAML 1.1 parses a bare ``off`` as false)."""
+    mode = "off" if value is False else value
+    check_choice("dck", mode, DCK_MODES)
+    return mode
+
+
 def dck_conv_args(
     dck: str, dck_kernel_size: int, center_constraint: tuple[float, float], backend: Optional[Backend]
 ) -> dict:
     """ConvBlock arguments of the DCK position for a DCK mode."""
-    check_choice("dck", dck, DCK_MODES)
+    dck = dck_mode(dck)
     if dck == "off":
         return {"conv": "plain", "kernel_size": 3}
     conv_kwargs = {"center_constraint": center_constraint} if dck == "adaptive" else {}
@@ -74,7 +81,7 @@ class _DCBBase(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self.dck_mode, self.use_deform, self.use_gcm = dck, deform, gcm
+        self.dck_mode, self.use_deform, self.use_gcm = dck_mode(dck), deform, gcm
         self._dck_args = dck_conv_args(dck, dck_kernel_size, center_constraint, backend)
         self._layers = {"norm_layer": norm_layer, "act_layer": act_layer}
         self._backend_kwargs = {"backend": backend} if backend is not None else {}

@@ -20,7 +20,8 @@ from typing import Literal, Optional
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from ..layers import DCK_MODES, ResidualDCB
+from ..layers import ResidualDCB
+from ..layers.dcb import dck_mode
 from ..layers.sampling import Backend
 from ..layers.validation import check_choice
 
@@ -122,7 +123,7 @@ class DCBNet(nn.Module):
             raise ValueError(f"widths and depths need 4 entries (one per stage), got {widths} and {depths}")
         if not set(dcb_stages) <= {1, 2, 3, 4}:
             raise ValueError(f"dcb_stages must be stage numbers in 1..4, got {list(dcb_stages)}")
-        check_choice("dck", dck, DCK_MODES)
+        dck = dck_mode(dck)
         if in_channels <= 0:
             raise ValueError(f"in_channels must be positive, got {in_channels}")
         self.in_channels = in_channels

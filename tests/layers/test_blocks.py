@@ -76,3 +76,9 @@ def test_tiny_dcb_network_fits_a_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] <= 0.1 * losses[0]
+
+
+def test_yaml_false_reads_as_dck_off():
+    """A bare ``dck: off`` in YAML 1.1 arrives as ``False``."""
+    assert ResidualDCB(4, 4, dck=False).dck_mode == "off"
+    assert isinstance(ResidualDCB(4, 4, dck=False).dck.conv, nn.Conv2d)
