@@ -9,26 +9,73 @@
 
 Model and data are chosen by ``class_path`` (subclass mode); ``num_classes`` and
 ``in_channels`` are linked from the DataModule. Besides ``trainer``, ``model`` and ``data``
-the config has a ``run`` section: where the run folder goes and how W&B logs
-(see :mod:`dck_lightning.runs`). Loggers and the checkpoint callback are added here unless
-the config sets its own ``trainer.logger`` / ``ModelCheckpoint``.
+the config has a ``run`` section: where the run folder goes, how W&B logs, and how faults are
+handled (see :mod:`dck_lightning.runs`). Loggers and the checkpoint callback are added here
+unless the config sets its own ``trainer.logger`` / ``ModelCheckpoint``.
+
+Scale-out and fault tolerance (see README, "Clusters: DDP, SLURM, torchrun"):
+
+- the processes an external launcher started (``srun``, ``torchrun``) are checked against
+  ``trainer.devices`` × ``trainer.num_nodes`` before anything runs;
+- every rank of a job uses the same run folder; only rank 0 writes files and the W&B run;
+- ``fit`` into a run folder that already has a checkpoint resumes from its newest ``last.ckpt``
+  / ``hpc_ckpt_N.ckpt`` (so a requeued job, or the same command started again, continues);
+  ``--ckpt_path last|hpc|best`` means that run folder's (or, without a fixed run folder, the
+  experiment's latest run's) checkpoint;
+- a checkpoint given to any command is checked first (readable, undamaged, same task,
+  backbone and tensor shapes) and loaded with ``weights_only=True`` unless
+  ``--weights_only false``;
+- SIGTERM writes ``last.ckpt`` before exiting; a non-finite loss stops training (or skips
+  the batch: ``--run.nonfinite_loss skip``) before it reaches the weights.
+
+Errors in what the user gave (config values, checkpoints, launcher settings, missing data)
+end the command with ``dck: error: …`` and exit status 2 (1 for a non-finite loss), without
+a traceback; set ``DCK_DEBUG=1`` to get the traceback.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from .callbacks import RunSummary, SaveRunConfig
+from .callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
+from .callbacks.preemption import PreemptionCheckpoint
+from .callbacks.resume import ResumeState
+from .checkpoints import (
+    CHECKPOINT_ALIASES,
+    CheckpointError,
+    check_compatible,
+    check_config_matches,
+    checkpoint_candidates,
+    find_resume_checkpoint,
+    latest_run_with_checkpoint,
+    read_checkpoint,
+    run_dir_of_checkpoint,
+)
 from .data import BaseDataModule
-from .loggers import ResumableCSVLogger
-from .runs import RUN_DIR_ENV, WandbMode, resolve_run_dir, resolve_wandb_mode, wandb_run_id
+from .data.errors import DataNotFoundError
+from .distributed import exact_mean_reduce
+from .loggers import RedactingWandbLogger, ResumableCSVLogger
+from .runs import (
+    RUN_DIR_ENV,
+    LauncherMismatchError,
+    WandbMode,
+    check_launcher,
+    is_global_zero_process,
+    job_version,
+    resolve_run_dir,
+    resolve_wandb_mode,
+    wandb_run_id,
+)
 from .tasks import BaseTask
 
 DEFAULT_MODEL = {
@@ -61,6 +108,15 @@ class RunConfig:
             ``offline`` or ``disabled`` (CSV only).
         project: W&B project.
         log_model: upload checkpoints as W&B artifacts (``true``, ``false`` or ``all``).
+        resume: ``fit`` into a run folder that already has a checkpoint (a requeued job, an
+            explicit ``version``) resumes from its newest ``last.ckpt``/``hpc_ckpt_N.ckpt``;
+            ``false`` refuses instead. Checkpoints and logs are never overwritten either way.
+        nonfinite_loss: on a NaN/infinite training loss ``stop`` (keep the last good
+            checkpoint), ``skip`` the batch, or ``off``.
+        prepare_data_per_node: run the DataModule's ``prepare_data`` (downloads) on local rank
+            0 of every node (``true``) or only on global rank 0 (``false``: a filesystem shared
+            by the nodes). Default: the DataModule's (Lightning: ``true``). Always under a file
+            lock in the data folder.
     """
 
     root: str = "runs"
@@ -69,6 +125,27 @@ class RunConfig:
     wandb: WandbMode = "auto"
     project: str = "dck_lightning"
     log_model: Union[bool, str] = False
+    resume: bool = True
+    nonfinite_loss: Literal["stop", "skip", "off"] = "stop"
+    prepare_data_per_node: Optional[bool] = None
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used as asked (it would overwrite an earlier run)."""
+
+
+class ConfigError(ValueError):
+    """A config value the classes refused when they were built."""
+
+
+#: Errors in what the user gave: reported as ``dck: error: …`` (exit status 2), no traceback.
+USER_ERRORS = (
+    CheckpointError,
+    LauncherMismatchError,
+    RunFolderError,
+    ConfigError,
+    DataNotFoundError,
+)
 
 
 class DCKLightningCLI(LightningCLI):
@@ -76,50 +153,226 @@ class DCKLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
+        parser.link_arguments(
+            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data.in_channels", "model.init_args.in_channels", apply_on="instantiate"
+        )
         parser.set_defaults({"model": DEFAULT_MODEL, "data": DEFAULT_DATA})
 
-    # -- run folder --------------------------------------------------------------------
+    # -- run folder and checkpoint ------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Check a ``--ckpt_path`` file before LightningCLI reads its hyperparameters.
+
+        LightningCLI (2.4+) loads the checkpoint right after parsing and builds the model from
+        the checkpoint's hyperparameters. Before that, this checks the file (a clear error for a
+        missing, truncated, damaged or non-Lightning file) and that the checkpoint's task class
+        and backbone are the ones the config asks for — a checkpoint of another task or backbone
+        is refused, not silently swapped in. The loaded checkpoint is reused later.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self._parsed_checkpoint: Optional[tuple[Path, dict[str, Any]]] = None
+        if not ckpt_path or str(ckpt_path) in CHECKPOINT_ALIASES:
+            return
+        weights_only = self.config[subcommand].get("weights_only")
+        checkpoint = read_checkpoint(
+            ckpt_path, weights_only=True if weights_only is None else weights_only
+        )
+        check_config_matches(checkpoint, ckpt_path, self.config[subcommand].get("model"))
+        self._parsed_checkpoint = (Path(ckpt_path), checkpoint)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:  # as LightningCLI._parse_ckpt_path
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
     def _config_files(self) -> list[Path]:
         config = self.config.get(str(self.subcommand), self.config)
         return [Path(str(c)) for c in (config.get("config") or []) if c is not None]
 
+    def _set(self, key: str, value: Any) -> None:
+        self.config.get(str(self.subcommand), self.config)[key] = value
+
     def before_instantiate_classes(self) -> None:
         run = self._get(self.config, "run")
+        trainer = self._get(self.config, "trainer")
+        check_launcher(
+            trainer.get("devices", "auto"),
+            trainer.get("num_nodes", 1),
+            trainer.get("accelerator", "auto"),
+        )
+        self._no_sync_batchnorm_on_cpu(trainer)
+
+        configs = [c for c in self._config_files() if c.parent.name not in ("trainer", "logger")]
+        name = run.name or (configs[0].stem if configs else "default")
+        fit = self.subcommand == "fit"
         ckpt_path = self._get(self.config, "ckpt_path")
-        run_dir = self._run_dir_of_checkpoint(ckpt_path) if self.subcommand == "fit" else None
+        ckpt_path = None if ckpt_path is None else str(ckpt_path)
+        alias = ckpt_path if ckpt_path in CHECKPOINT_ALIASES else None
+        fixed_folder = bool(os.environ.get(RUN_DIR_ENV)) or job_version(run.version) is not None
+
+        # Which run folder: a fixed one (DCK_RUN_DIR, --run.version, SLURM/torchrun job), else
+        # for fit the folder of the checkpoint resumed from, else a new version_N.
+        source_run = None
+        if alias is not None and not fixed_folder:
+            source_run = latest_run_with_checkpoint(Path(run.root) / name, alias)
+            if source_run is None:
+                raise CheckpointError(
+                    f"--ckpt_path {alias}: no run of {name!r} under {Path(run.root).resolve()} has a "
+                    f"{alias} checkpoint; give the checkpoint file instead"
+                )
+        run_dir = None
+        if fit and not fixed_folder:
+            run_dir = source_run or (
+                run_dir_of_checkpoint(ckpt_path) if ckpt_path and not alias else None
+            )
         if run_dir is None:
-            configs = [c for c in self._config_files() if c.parent.name not in ("trainer", "logger")]
-            name = run.name or (configs[0].stem if configs else "default")
             run_dir = resolve_run_dir(run.root, name, run.version)
         self.run_dir = run_dir.resolve()
         os.environ[RUN_DIR_ENV] = str(self.run_dir)  # DDP processes started by Lightning reuse it
 
-    @staticmethod
-    def _run_dir_of_checkpoint(ckpt_path: Optional[str]) -> Optional[Path]:
-        """Resuming from ``<run>/checkpoints/x.ckpt`` continues in ``<run>``."""
-        if not ckpt_path or ckpt_path in ("last", "best", "hpc"):
-            return None
-        path = Path(ckpt_path)
-        if path.parent.name == "checkpoints" and (path.parent.parent / "wandb_run_id.txt").exists():
-            return path.parent.parent
-        return None
+        # Which checkpoint.
+        checkpoint: Optional[Path] = None
+        if alias is not None:
+            candidates = checkpoint_candidates(source_run or self.run_dir, alias)
+            if not candidates:
+                raise CheckpointError(
+                    f"--ckpt_path {alias}: the run folder {self.run_dir} has no {alias} checkpoint"
+                )
+            checkpoint = candidates[0]
+        elif ckpt_path is not None:
+            checkpoint = Path(ckpt_path)
+        if fit:
+            checkpoint = self._resume_checkpoint(run, checkpoint)
+        self._checkpoint: Optional[dict[str, Any]] = None
+        if checkpoint is not None:
+            weights_only = self._get(self.config, "weights_only")
+            if weights_only is None:
+                weights_only = True
+                self._set("weights_only", True)
+            parsed = getattr(self, "_parsed_checkpoint", None)
+            if parsed is not None and parsed[0] == checkpoint:
+                self._checkpoint = parsed[1]
+            else:
+                self._checkpoint = read_checkpoint(checkpoint, weights_only=weights_only)
+            self._parsed_checkpoint = None
+            self._checkpoint_path = checkpoint
+            self._set("ckpt_path", str(checkpoint))
+            if fit:
+                self._adopt_wandb_run_id(self._checkpoint)
+
+    def _resume_checkpoint(self, run: Any, checkpoint: Optional[Path]) -> Optional[Path]:
+        """For ``fit``: the run folder's own newest checkpoint when it has one (never overwrite it)."""
+        own = find_resume_checkpoint(self.run_dir)
+        if own is None:
+            return checkpoint
+        if checkpoint is not None and checkpoint.resolve() == own.resolve():
+            return checkpoint
+        given = run_dir_of_checkpoint(checkpoint) if checkpoint is not None else None
+        if checkpoint is not None and given is not None and given.resolve() == self.run_dir:
+            return checkpoint  # an explicit earlier checkpoint of this very run folder
+        if not run.resume:
+            raise RunFolderError(
+                f"the run folder {self.run_dir} already has checkpoints ({own.name}) and "
+                "--run.resume is false: starting again there would overwrite them. Give another "
+                "--run.version (or none, for a new version_N), or --run.resume true to continue it."
+            )
+        if checkpoint is not None:
+            rank_zero_warn(
+                f"the run folder {self.run_dir} already has its own checkpoint {own.name}: resuming "
+                f"from it, not from --ckpt_path {checkpoint} (it started from that one; give a new "
+                "--run.version to start over from it)"
+            )
+        rank_zero_info(f"Resuming {self.run_dir} from {own}")
+        return own
+
+    def _adopt_wandb_run_id(self, checkpoint: dict[str, Any]) -> None:
+        """A run folder resuming a checkpoint continues the checkpoint's W&B run."""
+        run_id = (checkpoint.get("dck") or {}).get("wandb_run_id")
+        path = self.run_dir / "wandb_run_id.txt"
+        if run_id and not path.exists() and is_global_zero_process():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{run_id}\n")
+
+    def _no_sync_batchnorm_on_cpu(self, trainer: Any) -> None:
+        """SyncBatchNorm only runs on GPUs: drop it (with a warning) for CPU runs of a GPU config."""
+        import torch
+
+        accelerator = str(trainer.get("accelerator") or "auto")
+        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        if trainer.get("sync_batchnorm") and on_cpu:
+            rank_zero_warn("trainer.sync_batchnorm needs GPUs; turned off for this CPU run")
+            trainer["sync_batchnorm"] = False
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it, then finish the W&B run this command started (as the end of a process would).
+
+        In-process callers (notebooks, tests, scripts calling :func:`main` repeatedly) otherwise
+        leave the run open, and the next command's WandbLogger would log into it. A preempted run
+        (SIGTERM) is marked preempting, so W&B expects it to resume.
+        """
+        exit_code, preempted = 1, False
+        try:
+            super()._run_subcommand(subcommand)
+            exit_code = 0
+        except SIGTERMException:
+            exit_code, preempted = 0, True
+            raise
+        finally:
+            self._finish_wandb(exit_code, preempted)
+
+    def _finish_wandb(self, exit_code: int, preempted: bool) -> None:
+        run_id = getattr(self, "_wandb_id", None)
+        if run_id is None or "wandb" not in sys.modules:
+            return
+        import wandb
+
+        run = wandb.run
+        if run is None or run.id != run_id:
+            return
+        if preempted:
+            run.mark_preempting()
+        run.finish(exit_code=exit_code)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except USER_ERRORS:
+            raise
+        except ValueError as error:  # a class refused a config value (batch_size=0, …)
+            cause: BaseException = error  # jsonargparse wraps it (union subtypes…): report the root
+            while isinstance(cause.__cause__ or cause.__context__, ValueError):
+                cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+            raise ConfigError(f"invalid config: {cause}") from error
 
     # -- loggers and callbacks ------------------------------------------------------------
     def _loggers(self) -> list[Any]:
         run = self._get(self.config, "run")
         loggers: list[Any] = [
-            ResumableCSVLogger(save_dir=str(self.run_dir.parent.parent), name=self.run_dir.parent.name, version=self.run_dir.name)
+            ResumableCSVLogger(
+                save_dir=str(self.run_dir.parent.parent),
+                name=self.run_dir.parent.name,
+                version=self.run_dir.name,
+            )
         ]
         mode = resolve_wandb_mode(run.wandb)
+        self._wandb_id = None
         if mode != "disabled":
+            self._wandb_id = wandb_run_id(self.run_dir)
             loggers.append(
-                WandbLogger(
+                RedactingWandbLogger(
                     save_dir=str(self.run_dir),
                     project=run.project,
                     name=f"{self.run_dir.parent.name}/{self.run_dir.name}",
-                    id=wandb_run_id(self.run_dir),
+                    id=self._wandb_id,
                     resume="allow",
                     offline=mode == "offline",
                     log_model=run.log_model,
@@ -129,32 +382,88 @@ class DCKLightningCLI(LightningCLI):
         return loggers
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
+        if (
+            getattr(self, "_checkpoint", None) is not None
+        ):  # before any logger starts: the model exists now
+            check_compatible(self._checkpoint, self._checkpoint_path, self.model)
+            self._checkpoint = None
+        run = self._get(self.config, "run")
+        if run.prepare_data_per_node is not None and self.datamodule is not None:
+            self.datamodule.prepare_data_per_node = run.prepare_data_per_node
         trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(
+                self.run_dir
+            )  # hpc_ckpt_N.ckpt (SLURM requeue) go here
         callbacks = list(trainer_config.get("callbacks") or [])
         logger = trainer_config.get("logger")
         if logger is None or logger is True:
             kwargs["logger"] = self._loggers()
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            folder = self.run_dir / "checkpoints"
             callbacks.append(
                 ModelCheckpoint(
-                    dirpath=self.run_dir / "checkpoints",
+                    dirpath=folder,
                     filename="best-epoch={epoch}-step={step}",
                     auto_insert_metric_name=False,
                     monitor=getattr(self.model, "monitor", None),
                     mode=getattr(self.model, "mode", "min"),
-                    save_last=True,
                     save_top_k=1,
+                )
+            )
+            # last.ckpt at every epoch end. Not ModelCheckpoint(save_last=True): since Lightning
+            # 2.6 that writes last.ckpt only when a top-k checkpoint is written (the monitored
+            # metric improved), so a resumed run could lose epochs.
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=folder,
+                    filename="last",
+                    monitor=None,
+                    save_top_k=1,
+                    enable_version_counter=False,
                 )
             )
         if logger is not False:
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if run.nonfinite_loss != "off" and not any(
+            isinstance(c, NonFiniteLossGuard) for c in callbacks
+        ):
+            callbacks.append(NonFiniteLossGuard(action=run.nonfinite_loss))
+        callbacks.append(PreemptionCheckpoint(self.run_dir / "checkpoints"))
+        callbacks.append(ResumeState(str(self.run_dir)))
         callbacks.append(RunSummary(str(self.run_dir)))
         kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        exact_mean_reduce(trainer.strategy)
+        return trainer
+
+
+def _exit_with(error: BaseException, code: int) -> None:
+    if os.environ.get("DCK_DEBUG"):
+        raise error
+    rank = int(
+        os.environ.get("RANK", os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0")))
+        or 0
+    )
+    where = f" (rank {rank})" if rank else ""
+    print(f"dck: error{where}: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(code) from error
+
+
+def _finish_wandb_run() -> None:
+    """One command, one W&B run: close it, so the next command in this process gets its own
+    (and an offline run is flushed to its folder)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
-    """Entry point of ``dck``; ``args`` (a list) makes it usable from Python and tests."""
+    """Entry point of ``dck``; ``args`` (a list) makes it usable from Python and tests.
+
+    Errors in the user's input end with ``SystemExit(2)`` and a ``dck: error: …`` line on
+    stderr (a non-finite training loss: ``SystemExit(1)``); see the module docstring.
+    """
     previous = os.environ.get(RUN_DIR_ENV)
     try:
         return DCKLightningCLI(
@@ -169,11 +478,17 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
             auto_configure_optimizers=False,
             parser_kwargs={"description": "Train DCK/DCB networks (dck_lightning)."},
         )
+    except USER_ERRORS as error:
+        _exit_with(error, 2)
+    except NonFiniteLossError as error:
+        _exit_with(error, 1)
     finally:
+        _finish_wandb_run()
         if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = previous
+    raise AssertionError("unreachable")
 
 
 if __name__ == "__main__":

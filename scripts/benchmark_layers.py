@@ -1,23 +1,33 @@
 """Forward+backward time and peak memory of the DCK layers relative to ``nn.Conv2d``.
 
-Every layer is timed in the same process as its ``nn.Conv2d`` baseline of the same kernel
-size (warm-up, then the median of repeats), at batch 32, 64→64 channels, 32×32 pixels,
-k = 3 and k = 7. Peak memory is the largest allocation during one forward+backward
-(CPU: the profiler's memory accounting; CUDA: ``max_memory_allocated``).
+Every layer is timed in the same process as an ``nn.Conv2d`` baseline of the same kernel
+size, at batch 32, 64→64 channels, 32×32 pixels, k = 3 and k = 7. The layers of one kernel
+size are timed *interleaved*: each round runs every layer once, the baseline included, in a
+rotating order, so that a change of machine load mid-run hits them all alike. A row's time
+is the median over its rounds and its ratio the median of (layer / baseline of the same
+round). Layers slower than ``--budget`` seconds a round get fewer rounds (at least
+``--min-repeats``). Peak memory is the most bytes allocated at once during one
+forward+backward (CPU: the profiler's allocation records; CUDA: ``max_memory_allocated``).
 
-    python scripts/benchmark_layers.py                     # prints the table
+    python scripts/benchmark_layers.py                        # prints the table
     python scripts/benchmark_layers.py --write BENCHMARKS.md  # and updates BENCHMARKS.md
+    python scripts/benchmark_layers.py --kernel-sizes 3 --only DCK --threads 1  # a quick look
+
+On a shared machine, look at the load average printed with the table (``uptime``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -36,41 +46,95 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fwd_bwd(layer: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> float:
-    """Median seconds of ``layer(x).sum().backward()``."""
-    times = []
-    for i in range(warmup + repeats):
-        _sync(x.device)
-        start = time.perf_counter()
-        layer(x).sum().backward()
-        _sync(x.device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
-    return statistics.median(times)
+def time_fwd_bwd(layer: nn.Module, x: torch.Tensor) -> float:
+    """Seconds of one ``layer(x).sum().backward()``."""
+    _sync(x.device)
+    start = time.perf_counter()
+    layer(x).sum().backward()
+    _sync(x.device)
+    seconds = time.perf_counter() - start
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    return seconds
+
+
+def interleaved_times(
+    layers: dict[str, nn.Module],
+    x: torch.Tensor,
+    repeats: int,
+    warmup: int,
+    budget: float,
+    min_repeats: int,
+) -> dict[str, dict[int, float]]:
+    """Seconds of every layer in every round, ``{name: {round: seconds}}``.
+
+    Each round runs every layer once, in an order rotated by one each round; the first
+    ``warmup`` rounds are not kept. A layer that takes more than ``budget`` seconds keeps
+    ``max(min_repeats, budget · repeats / seconds)`` rounds and a single warm-up.
+    """
+    names = list(layers)
+    times: dict[str, dict[int, float]] = {name: {} for name in names}
+    wanted = dict.fromkeys(names, repeats)
+    for round_index in range(warmup + repeats):
+        warming_up = round_index < warmup
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            if len(times[name]) >= wanted[name] or (warming_up and wanted[name] < repeats):
+                continue
+            seconds = time_fwd_bwd(layers[name], x)
+            if seconds > budget:
+                wanted[name] = min(wanted[name], max(min_repeats, int(budget * repeats / seconds)))
+            if not warming_up:
+                times[name][round_index] = seconds
+    return times
+
+
+def paired_ratio(times: dict[int, float], baseline: dict[int, float]) -> float:
+    """Median over rounds of ``time / baseline time of the same round``."""
+    typical = statistics.median(baseline.values())
+    return statistics.median(seconds / baseline.get(r, typical) for r, seconds in times.items())
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: the profiler's backend logs "USDT: profiler_start" lines there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def peak_memory_mb(layer: nn.Module, x: torch.Tensor) -> float:
-    """Peak bytes allocated during one forward+backward, in MiB."""
+    """Most bytes allocated at once during one forward+backward, in MiB."""
     if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
         torch.cuda.reset_peak_memory_stats(x.device)
         base = torch.cuda.memory_allocated(x.device)
         layer(x).sum().backward()
-        return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
+        peak = torch.cuda.max_memory_allocated(x.device) - base
+    else:
+        from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        layer(x).sum().backward()
-    # Running sum of allocations/frees in event order gives the peak.
-    events = sorted(
-        (e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start
-    )
-    current = peak = 0
-    for e in events:
-        current += e.cpu_memory_usage
-        peak = max(peak, current)
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            layer(x).sum().backward()
+        # Running sum of the allocation (+) and free (-) records, in time order.
+        records = sorted(
+            (event.start_ns(), event.nbytes())
+            for event in prof.profiler.kineto_results.events()
+            if event.name() == "[memory]"
+        )
+        current = peak = 0
+        for _, nbytes in records:
+            current += nbytes
+            peak = max(peak, current)
     layer.zero_grad(set_to_none=True)
+    x.grad = None
     return peak / 2**20
 
 
@@ -100,9 +164,12 @@ def cropped_dck(channels: int, k: int, keep: int) -> DynamicConv2d:
     return layer
 
 
+BASELINE = "nn.Conv2d {k}x{k} (baseline)"
+
+
 def layer_cases(channels: int, k: int) -> list[tuple[str, Callable[[], nn.Module]]]:
     cases = [
-        (f"nn.Conv2d {k}x{k} (baseline)", lambda: nn.Conv2d(channels, channels, k, padding=k // 2)),
+        (BASELINE.format(k=k), lambda: nn.Conv2d(channels, channels, k, padding=k // 2)),
         ("DCK static, full extent", lambda: DynamicConv2d(channels, channels, k, adaptive=False)),
     ]
     if k == 7:
@@ -113,7 +180,10 @@ def layer_cases(channels: int, k: int) -> list[tuple[str, Callable[[], nn.Module
             "DCK adaptive, torchvision backend",
             lambda: DynamicConv2d(channels, channels, k, backend="torchvision"),
         ),
-        ("DeformConv2d, torch backend", lambda: DeformConv2d(channels, channels, k, padding=k // 2, backend="torch")),
+        (
+            "DeformConv2d, torch backend",
+            lambda: DeformConv2d(channels, channels, k, padding=k // 2, backend="torch"),
+        ),
         (
             "DeformConv2d, torchvision backend",
             lambda: DeformConv2d(channels, channels, k, padding=k // 2, backend="torchvision"),
@@ -124,26 +194,39 @@ def layer_cases(channels: int, k: int) -> list[tuple[str, Callable[[], nn.Module
 
 
 def run(args: argparse.Namespace) -> list[str]:
+    """Time every layer at every kernel size with the current number of threads; the table."""
     device = torch.device(args.device)
-    torch.manual_seed(0)
+    start_load = os.getloadavg()[0]
+    print(f"{torch.get_num_threads()} threads, load average at start: {start_load:.2f}", flush=True)
     lines = [
-        f"Batch {args.batch}, {args.channels}→{args.channels} channels, {args.size}×{args.size}, "
-        f"float32, {args.device}; median of {args.repeats} forward+backward after {args.warmup} warm-up.",
+        f"### {torch.get_num_threads()} thread(s)",
         "",
-        "| k | layer | ms | × conv2d | peak MiB |",
-        "|---|---|---|---|---|",
+        "| k | layer | ms | × conv2d | rounds | peak MiB |",
+        "|---|---|---|---|---|---|",
     ]
     for k in args.kernel_sizes:
+        torch.manual_seed(0)
         x = torch.randn(args.batch, args.channels, args.size, args.size, device=device, requires_grad=True)
-        baseline = None
-        for name, make in layer_cases(args.channels, k):
-            layer = make().to(device)
-            seconds = time_fwd_bwd(layer, x, args.repeats, args.warmup)
-            baseline = baseline or seconds
+        cases = [
+            (name, make)
+            for name, make in layer_cases(args.channels, k)
+            if name == BASELINE.format(k=k) or not args.only or any(s in name for s in args.only)
+        ]
+        layers = {name: make().to(device) for name, make in cases}
+        times = interleaved_times(layers, x, args.repeats, args.warmup, args.budget, args.min_repeats)
+        baseline = times[BASELINE.format(k=k)]
+        for name, layer in layers.items():
+            seconds = statistics.median(times[name].values())
+            ratio = paired_ratio(times[name], baseline)
             memory = peak_memory_mb(layer, x)
-            row = f"| {k} | {name} | {seconds * 1e3:.1f} | {seconds / baseline:.2f} | {memory:.0f} |"
+            row = (
+                f"| {k} | {name} | {seconds * 1e3:.1f} | {ratio:.2f} | {len(times[name])} | {memory:.0f} |"
+            )
             print(row, flush=True)
             lines.append(row)
+    end_load = os.getloadavg()[0]
+    print(f"load average at end: {end_load:.2f}", flush=True)
+    lines += ["", f"Load average (1 min): {start_load:.2f} at the start, {end_load:.2f} at the end."]
     return lines
 
 
@@ -151,7 +234,7 @@ def machine_description(device: str) -> str:
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(0)
     else:
-        name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        name = platform.processor() or platform.machine()
     return (
         f"{name}; Python {platform.python_version()}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}"
@@ -177,13 +260,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[3, 7])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--budget", type=float, default=5.0, help="seconds a round above which a layer gets fewer rounds")
+    parser.add_argument("--min-repeats", type=int, default=3, help="timed rounds of the slowest layers")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", help="one table per torch.set_num_threads value (default: torch's choice)"
+    )
+    parser.add_argument("--only", nargs="+", help="time only the layers whose name contains one of these (and the baseline)")
     parser.add_argument("--write", type=Path, help="update this markdown file's layer section")
     args = parser.parse_args(argv)
-    lines = run(args)
+    lines = [
+        f"Batch {args.batch}, {args.channels}→{args.channels} channels, {args.size}×{args.size}, "
+        f"float32, {args.device}; forward+backward. The layers of one kernel size are timed "
+        f"interleaved, round by round: ms is the median of {args.repeats} rounds after "
+        f"{args.warmup} warm-up (layers slower than {args.budget:g} s a round: fewer rounds, at "
+        f"least {args.min_repeats}, after one warm-up); × conv2d is the median over rounds of "
+        "the layer's time over the baseline's in the same round. Peak MiB: most memory "
+        "allocated at once during one forward+backward.",
+    ]
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        lines += ["", *run(args)]
     if args.write:
-        command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
+        command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
         body = "\n".join(
             [
                 "## Layers: forward+backward vs nn.Conv2d",

@@ -25,3 +25,10 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared sample data not found at {path}")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_run_dir(monkeypatch):
+    """A CLI built in-process (not through ``main``) leaves ``DCK_RUN_DIR`` set for the DDP
+    processes it would start; never let it leak from one test into the next."""
+    monkeypatch.delenv("DCK_RUN_DIR", raising=False)

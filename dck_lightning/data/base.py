@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..locking import file_lock
 from .batch_augment import normalize, to_float
 from .errors import DataNotFoundError
 from .tensor_dataset import BatchedTensorDataset, passthrough_collate
@@ -117,6 +118,9 @@ class BaseDataModule(pl.LightningDataModule):
         self.test_dataset: Optional[Dataset] = None
         self.collate_fn: Optional[Callable[..., Any]] = None
         self._generators: dict[str, torch.Generator] = {}
+        # Scale-out: generator states restored from a checkpoint, applied when each is created.
+        self._pending_generator_states: dict[str, Tensor] = {}
+        self._augment_seed_offset = 0
 
     def _set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Set ``mean``/``std`` (identity statistics when ``normalize`` is off)."""
@@ -138,6 +142,7 @@ class BaseDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=None if train else self._unpadded_sampler(dataset),
             # Drop a ragged last training batch (BatchNorm dislikes a batch of one), unless
             # the whole set fits in one batch.
             drop_last=train and size > self.batch_size,
@@ -165,6 +170,64 @@ class BaseDataModule(pl.LightningDataModule):
         """The test batches, for ``trainer.predict``."""
         return self._dataloader(self.test_dataset)
 
+    # -- scale-out: unpadded evaluation under DDP ---------------------------------------------
+
+    def _unpadded_sampler(self, dataset: Dataset) -> Optional[Any]:
+        """Under DDP, an evaluation sampler that gives every sample to exactly one rank.
+
+        Lightning's ``DistributedSampler`` pads the last ranks with repeated samples so all get
+        the same number, which skews validation and test metrics. Here each rank takes a
+        disjoint, unpadded share (``UnrepeatedDistributedSampler``); torchmetrics states and
+        ``sync_dist`` epoch values are reduced over the ranks, so the metrics equal a
+        single-process evaluation (with :func:`~dck_lightning.distributed.exact_mean_reduce`,
+        as the ranks now count different numbers of samples). Kept Lightning's way (``None``)
+        outside DDP, without
+        ``use_distributed_sampler``, or when a rank would get no sample at all.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1 or len(dataset) < trainer.world_size:  # type: ignore[arg-type]
+            return None
+        if not trainer._accelerator_connector.use_distributed_sampler:
+            return None
+        from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+        from ..distributed import exact_mean_reduce
+
+        exact_mean_reduce(trainer.strategy)  # uneven shards: epoch means need a float count
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+
+    # -- scale-out: the augmentation generator in checkpoints (exact resume) --------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation generators' states (of this rank), saved with every checkpoint."""
+        trainer = self.trainer
+        return {
+            "augment_generators": {key: g.get_state() for key, g in self._generators.items()},
+            "rank": trainer.global_rank if trainer is not None else 0,
+            "global_step": trainer.global_step if trainer is not None else 0,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the generator states, so a resumed run draws the augmentations it would have.
+
+        A checkpoint holds the states of the rank that wrote it (global rank 0); the other
+        ranks start a fresh stream, seeded from the checkpoint's step so it differs from the
+        one they drew before.
+        """
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if int(state_dict.get("rank", 0)) != rank:
+            self._augment_seed_offset = 7919 * (int(state_dict.get("global_step", 0)) + 1)
+            for key in list(self._generators):
+                del self._generators[key]
+            return
+        for key, state in (state_dict.get("augment_generators") or {}).items():
+            if key in self._generators:
+                self._generators[key].set_state(state)
+            else:
+                self._pending_generator_states[key] = state
+
     # -- on-device batch transform ---------------------------------------------------------
 
     def _is_training(self) -> bool:
@@ -177,7 +240,9 @@ class BaseDataModule(pl.LightningDataModule):
         if key not in self._generators:
             rank = self.trainer.global_rank if self.trainer is not None else 0
             generator = torch.Generator(device=device)
-            generator.manual_seed(self.seed + 1_000_003 * rank)
+            generator.manual_seed(self.seed + 1_000_003 * rank + self._augment_seed_offset)
+            if key in self._pending_generator_states:  # restored from a checkpoint
+                generator.set_state(self._pending_generator_states.pop(key))
             self._generators[key] = generator
         return self._generators[key]
 
@@ -272,15 +337,20 @@ class InMemoryClassificationDataModule(BaseDataModule):
     # -- Lightning hooks -------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Download the data when ``download=True`` (rank 0 only, called by the Trainer)."""
+        """Download the data when ``download=True`` (rank 0 only, called by the Trainer).
+
+        Runs under a file lock in ``data_dir`` (:func:`~dck_lightning.locking.file_lock`), so
+        nodes or jobs sharing a filesystem never download into the same folder at once.
+        """
         if not self.download:
             return
-        try:
-            self.download_data()
-        except DataNotFoundError:
-            raise
-        except Exception as err:  # network errors come as URLError, RuntimeError, OSError...
-            raise self.data_not_found(download_error=err) from err
+        with file_lock(Path(self.data_dir) / ".prepare_data.lock"):
+            try:
+                self.download_data()
+            except DataNotFoundError:
+                raise
+            except Exception as err:  # network errors come as URLError, RuntimeError, OSError...
+                raise self.data_not_found(download_error=err) from err
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Decode the splits the stage needs (once; later calls reuse them)."""

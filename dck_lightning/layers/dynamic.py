@@ -252,6 +252,13 @@ class DynamicConv2d(nn.Module):
         """
         if self.crop_threshold == 0:
             return ((self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2)
+        if torch.compiler.is_exporting():
+            # torch.export cannot follow a shape that depends on parameter values: the
+            # exported graph runs the kernel size of the weights it was exported with.
+            return _frozen_crop_radius(self)
+        return self._crop_radius()
+
+    def _crop_radius(self) -> tuple[int, int]:
         with torch.no_grad():
             m_y, m_x = self._axis_masks()
             kept = torch.stack(
@@ -354,6 +361,11 @@ class DynamicConv2d(nn.Module):
         if self.extent_mode != "layer":
             s += f", extent={self.extent_mode!r}"
         return s
+
+
+@torch.compiler.assume_constant_result
+def _frozen_crop_radius(layer: DynamicConv2d) -> tuple[int, int]:
+    return layer._crop_radius()
 
 
 def _keras_center_constraint(value: Union[float, tuple, list]) -> tuple[float, float]:

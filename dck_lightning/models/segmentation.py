@@ -53,12 +53,13 @@ Norm = Literal["gn", "bn"]
 
 
 def norm_layer(kind: Norm) -> Callable[[int], nn.Module]:
-    """``"gn"``: ``GroupNorm`` with ``gcd(32, channels)`` groups (32 as in the paper when the
-    channels allow it); ``"bn"``: ``BatchNorm2d``."""
+    """``"gn"``: ``GroupNorm`` with 32 groups as in the paper, fewer for narrow layers so that
+    every group keeps at least 4 channels (``gcd(32, channels // 4)`` groups; 32 channels in
+    32 groups would be an instance norm); ``"bn"``: ``BatchNorm2d``."""
     check_choice("norm", kind, ("gn", "bn"))
     if kind == "bn":
         return nn.BatchNorm2d
-    return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)
+    return lambda channels: nn.GroupNorm(math.gcd(32, max(1, channels // 4)), channels)
 
 
 def deeplab_rates(stride: int) -> tuple[int, ...]:

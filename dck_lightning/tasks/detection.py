@@ -33,6 +33,8 @@ from torchvision.utils import draw_bounding_boxes
 from ..models.detection import create_detector
 from .base import BaseTask
 
+__all__ = ["DetectionTask", "coco_map", "metric_targets"]
+
 Batch = tuple[Tensor, list[dict[str, Any]]]
 
 #: Distinct class colours (RGB) for the drawn boxes, cycled over class indices.
@@ -51,7 +53,7 @@ COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()
 COCO_REC_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
 
 
-def _map(**kwargs: Any) -> MeanAveragePrecision:
+def coco_map(**kwargs: Any) -> MeanAveragePrecision:
     """COCO mAP (``faster_coco_eval`` backend) that reproduces pycocotools' numbers exactly."""
     kwargs.setdefault("iou_thresholds", COCO_IOU_THRESHOLDS)
     kwargs.setdefault("rec_thresholds", COCO_REC_THRESHOLDS)
@@ -147,10 +149,10 @@ class DetectionTask(BaseTask):
         )
 
     def configure_metrics(self) -> None:
-        self.val_map = _map()
-        self.test_map = _map(class_metrics=True)
+        self.val_map = coco_map()
+        self.test_map = coco_map(class_metrics=True)
         # Per-class AP at IoU 0.5 (the VOC per-class table): map_per_class of a 0.5-only metric.
-        self.test_map_50 = _map(class_metrics=True, iou_thresholds=[0.5])
+        self.test_map_50 = coco_map(class_metrics=True, iou_thresholds=[0.5])
 
     # -- steps -------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

@@ -12,8 +12,10 @@ Metrics (torchmetrics, one object per stage, ``update`` per step, ``compute`` pe
   Ignored pixels are dropped before counting. A class that never appears — neither in the
   targets nor in the predictions of the epoch — has no IoU (0/0) and is left out of the mean
   (torchmetrics gives it weight 0); a class predicted but absent from the targets has IoU 0
-  and counts. This is the ``nanmean`` convention of the VOC devkit/mmsegmentation on
-  a split where some class is missing, rather than counting it as 0 or 1.
+  and counts. The VOC devkit also computes each class's IoU from the dataset-wide counts, and
+  every class is present in VOC val, so there the convention does not matter; on small or
+  synthetic splits it is mmsegmentation's ``nanmean`` rather than scoring a missing class 0
+  (which would cap mIoU below 1) or 1 (which would inflate it).
 - ``pixel_acc``: ``MulticlassAccuracy(average="micro", ignore_index=255)``.
 - at test time, the IoU of every class, logged as ``test/iou/<class name>`` (NaN for a class
   absent from targets and predictions).
@@ -131,7 +133,9 @@ class SegmentationTask(BaseTask):
         )
 
     def configure_losses(self) -> None:
-        self.criterion = nn.CrossEntropyLoss(ignore_index=self.hparams.ignore_index)
+        self.criterion = nn.CrossEntropyLoss(
+            ignore_index=self.hparams.ignore_index, reduction="sum"
+        )
 
     def configure_metrics(self) -> None:
         n, ignore = self.hparams.num_classes, self.hparams.ignore_index
@@ -156,9 +160,10 @@ class SegmentationTask(BaseTask):
         return torch.stack([t["mask"] for t in targets]).to(device=device, dtype=torch.long)
 
     def _cross_entropy(self, logits: Tensor, masks: Tensor) -> Tensor:
-        if not bool((masks != self.hparams.ignore_index).any()):
-            return logits.sum() * 0.0  # every pixel ignored: mean over nothing would be NaN
-        return self.criterion(logits, masks)
+        # The mean over the non-ignored pixels, written as sum / count so that a batch whose
+        # pixels are all ignored gives 0 instead of NaN, without a host-device sync.
+        count = (masks != self.hparams.ignore_index).sum().clamp(min=1)
+        return self.criterion(logits, masks) / count
 
     def compute_losses(self, outputs: dict[str, Tensor], masks: Tensor) -> dict[str, Tensor]:
         """``{"loss": total, "ce": ..., "aux": ..., "dice": ...}`` (terms that are on)."""
@@ -314,7 +319,7 @@ class SegmentationTask(BaseTask):
 _PALETTE = np.asarray(voc_palette(256), dtype=np.uint8).reshape(256, 3)
 
 
-def _overlay(image: Tensor, labels: Tensor, classes: list[int], alpha: float = 0.6) -> Tensor:
+def _overlay(image: Tensor, labels: Tensor, classes: list[int], alpha: float = 0.8) -> Tensor:
     if not classes:
         return image
     masks = torch.stack([labels == c for c in classes])

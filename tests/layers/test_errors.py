@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dck_lightning.layers import DCB, ConvBlock, DeformConv2d, DynamicConv2D, DynamicConv2d, deform_conv2d
+from dck_lightning.layers import (
+    DCB,
+    ConvBlock,
+    DeformConv2d,
+    DynamicConv2D,
+    DynamicConv2d,
+    deform_conv2d,
+)
 
 CASES = [
     (lambda: DynamicConv2d(4, 8, 4), "kernel_size must be odd"),

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dck_lightning.layers import deform_conv2d, get_default_backend, resolve_backend, sampling_backend
+from dck_lightning.layers import (
+    deform_conv2d,
+    get_default_backend,
+    resolve_backend,
+    sampling,
+    sampling_backend,
+)
 
 CASES = [
     # (in_ch, out_ch, k, stride, padding, dilation, groups, offset_groups, modulated)
@@ -14,6 +20,18 @@ CASES = [
     (4, 4, 5, 1, 2, 2, 1, 4, False),
     (2, 3, (3, 1), 1, (1, 0), 1, 1, 1, True),
 ]
+
+
+@pytest.fixture(params=["fused", "autograd"])
+def torch_path(request, monkeypatch):
+    """Run the ``torch`` backend through its fused CPU path (in several chunks, the last one
+    partial) or through the autograd composition used off the CPU and for export."""
+    if request.param == "fused":
+        monkeypatch.setattr(sampling, "FUSED_MIN_BYTES", 0)
+        monkeypatch.setattr(sampling, "CHUNK_BYTES", 5 * 9 * 4 * 4)  # 5 im2col rows of 3x3 taps, 4 channels
+    else:
+        monkeypatch.setattr(sampling, "FUSED_MIN_BYTES", float("inf"))
+    return request.param
 
 
 def random_inputs(case, seed=0, dtype=torch.float32, scale=3.0):
@@ -34,7 +52,7 @@ def random_inputs(case, seed=0, dtype=torch.float32, scale=3.0):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_backends_agree_forward_and_backward(case):
+def test_backends_agree_forward_and_backward(case, torch_path):
     results = {}
     for backend in ("torch", "torchvision"):
         x, offset, weight, bias, mask, kwargs = random_inputs(case)
@@ -49,7 +67,28 @@ def test_backends_agree_forward_and_backward(case):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_gradcheck_float64_non_integer_offsets():
+@pytest.mark.parametrize("needs_grad", ["input", "offset", "weight", "mask"])
+def test_backends_agree_when_one_input_needs_grad(needs_grad, torch_path):
+    grads = {}
+    for backend in ("torch", "torchvision"):
+        x, offset, weight, bias, mask, kwargs = random_inputs(CASES[1])
+        tensor = {"input": x, "offset": offset, "weight": weight, "mask": mask}[needs_grad]
+        tensor.requires_grad_(True)
+        out = deform_conv2d(x, offset, weight, bias, mask=mask, backend=backend, **kwargs)
+        (grads[backend],) = torch.autograd.grad(out, tensor, torch.cos(out.detach()))
+    torch.testing.assert_close(grads["torch"], grads["torchvision"], atol=1e-4, rtol=1e-4)
+
+
+def test_channels_last_input_gives_channels_last_output(torch_path):
+    x, offset, weight, bias, mask, kwargs = random_inputs(CASES[0])
+    expected = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torch", **kwargs)
+    out = deform_conv2d(x.to(memory_format=torch.channels_last), offset, weight, bias, mask=mask, backend="torch", **kwargs)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert expected.is_contiguous()
+    torch.testing.assert_close(out, expected)
+
+
+def test_gradcheck_float64_non_integer_offsets(torch_path):
     case = (2, 2, 3, 1, 1, 1, 1, 1, True)
     x, offset, weight, bias, mask, kwargs = random_inputs(case, dtype=torch.float64, scale=0.7)
     x, weight, bias = x[:1, :, :4, :5], weight, bias
@@ -66,7 +105,7 @@ def test_gradcheck_float64_non_integer_offsets():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_torch_backend_runs_in_half_precision(dtype):
+def test_torch_backend_runs_in_half_precision(dtype, torch_path):
     x, offset, weight, bias, mask, kwargs = random_inputs(CASES[0])
     ref = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torch", **kwargs)
     out = deform_conv2d(x.to(dtype), offset.to(dtype), weight.to(dtype), bias.to(dtype), mask=mask.to(dtype), backend="torch", **kwargs)
@@ -74,7 +113,7 @@ def test_torch_backend_runs_in_half_precision(dtype):
     torch.testing.assert_close(out.float(), ref, atol=0.5, rtol=0.05)
 
 
-def test_torch_backend_under_cpu_autocast_bfloat16():
+def test_torch_backend_under_cpu_autocast_bfloat16(torch_path):
     from dck_lightning.layers import DCB
 
     block = DCB(4, 8, backend="torch")

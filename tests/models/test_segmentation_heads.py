@@ -24,7 +24,11 @@ HEAD_KWARGS = {"fpn": {"fpn_channels": 16, "channels": 16}, "deeplabv3": {}}
 def tiny_model(head: str, aux: bool, num_classes: int = 5, **kwargs) -> SegmentationModel:
     torch.manual_seed(0)
     return create_segmentation_model(
-        "dcb_resnet18", head, num_classes, aux=aux, backbone_kwargs=TINY,
+        "dcb_resnet18",
+        head,
+        num_classes,
+        aux=aux,
+        backbone_kwargs=TINY,
         head_kwargs={**HEAD_KWARGS[head], **kwargs},
     )
 
@@ -63,7 +67,10 @@ def test_fpn_head_is_torchvision_fpn_over_c2_to_c5_without_extra_levels() -> Non
     assert model.backbone.levels == ("c2", "c3", "c4", "c5")
     assert isinstance(model.classifier, SemanticFPNHead)
     # c2 (stride 4): one conv, no upsampling; c5 (stride 32): three conv + 2× up stages.
-    convs = {k: sum(isinstance(m, torch.nn.Conv2d) for m in v.modules()) for k, v in model.classifier.scale_heads.items()}
+    convs = {
+        k: sum(isinstance(m, torch.nn.Conv2d) for m in v.modules())
+        for k, v in model.classifier.scale_heads.items()
+    }
     assert convs == {"c2": 1, "c3": 1, "c4": 2, "c5": 3}
 
 

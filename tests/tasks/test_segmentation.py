@@ -13,12 +13,18 @@ import torch.nn.functional as F
 from dck_lightning.tasks.segmentation import SegmentationTask, soft_dice_loss
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ["shapes_segmentation.yaml", "voc_segmentation_fpn.yaml", "voc_segmentation_deeplabv3.yaml"]
+CONFIGS = [
+    "shapes_segmentation.yaml",
+    "voc_segmentation_fpn.yaml",
+    "voc_segmentation_deeplabv3.yaml",
+]
 TINY_BACKBONE = {"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}
 HEAD_KWARGS = {"fpn": {"fpn_channels": 16, "channels": 16}, "deeplabv3": {}}
 
 
-def tiny_task(head: str = "fpn", aux_loss: bool = False, num_classes: int = 5, **kwargs) -> SegmentationTask:
+def tiny_task(
+    head: str = "fpn", aux_loss: bool = False, num_classes: int = 5, **kwargs
+) -> SegmentationTask:
     torch.manual_seed(0)
     return SegmentationTask(
         head=head,
@@ -38,7 +44,8 @@ def make_batch(size: int = 64, num_classes: int = 5, orig_sizes=None):
     masks[:, : size // 4] = 255  # a band of ignored pixels
     orig_sizes = orig_sizes or [(size, size)] * 2
     targets = [
-        {"mask": masks[i], "orig_size": torch.tensor(orig_sizes[i]), "image_id": f"img{i}"} for i in range(2)
+        {"mask": masks[i], "orig_size": torch.tensor(orig_sizes[i]), "image_id": f"img{i}"}
+        for i in range(2)
     ]
     return images, targets
 
@@ -46,7 +53,9 @@ def make_batch(size: int = 64, num_classes: int = 5, orig_sizes=None):
 # -- losses ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("head", "aux_loss"), [("fpn", False), ("fpn", True), ("deeplabv3", False), ("deeplabv3", True)])
+@pytest.mark.parametrize(
+    ("head", "aux_loss"), [("fpn", False), ("fpn", True), ("deeplabv3", False), ("deeplabv3", True)]
+)
 def test_train_step_finite_loss_and_backbone_gradients(head: str, aux_loss: bool) -> None:
     task = tiny_task(head, aux_loss, dice_weight=0.5)
     images, targets = make_batch()
@@ -93,7 +102,9 @@ def test_ignored_pixels_do_not_contribute_to_the_loss() -> None:
 def test_batch_with_every_pixel_ignored_gives_zero_loss_not_nan() -> None:
     task = tiny_task("fpn", aux_loss=True, dice_weight=1.0, num_classes=3)
     masks = torch.full((1, 8, 8), 255)
-    losses = task.compute_losses({"out": torch.randn(1, 3, 8, 8), "aux": torch.randn(1, 3, 8, 8)}, masks)
+    losses = task.compute_losses(
+        {"out": torch.randn(1, 3, 8, 8), "aux": torch.randn(1, 3, 8, 8)}, masks
+    )
     for value in losses.values():
         assert torch.isfinite(value) and value == 0
 
@@ -117,10 +128,13 @@ PRED = torch.tensor([[0, 0, 1, 1, 1], [2, 3, 1, 0, 1]])
 #   class 2: absent from the target but predicted once (pixel 5)           -> IoU 0, counted
 #   class 3: only predicted on an ignored pixel (6), which is dropped, so it appears
 #            neither in the target nor in the predictions                   -> no IoU, left out
-# The convention (torchmetrics' macro average, like the VOC devkit's dataset-level IoU with
-# nanmean / mmsegmentation): a class absent from both targets and predictions has IoU 0/0 and
-# is excluded from the mean; a false-positive-only class scores 0. Counting class 3 as 0 would
-# give 0.3375, as 1 would give 0.5875; not dropping the ignored pixels would add false positives.
+# The convention (torchmetrics 1.9 macro average with the default zero_division=0, which
+# gives weight 0 to a class whose row and column of the confusion matrix are empty): a class
+# absent from both targets and predictions has IoU 0/0 and is left out of the mean (the
+# nanmean of mmsegmentation; the VOC devkit's per-class IoU from dataset-wide counts is the same
+# computation, and all 21 classes occur in VOC val); a false-positive-only class scores 0.
+# Counting class 3 as 0 would give 0.3375, as 1 would give 0.5875; not dropping the ignored
+# pixels would make class 3 a false positive (IoU 0) and add one to class 1.
 HAND_MIOU = (3 / 4 + 3 / 5 + 0.0) / 3  # 0.45
 HAND_PIXEL_ACC = 6 / 8  # pixels 0, 1, 3, 4, 8, 9 right
 
@@ -161,7 +175,9 @@ def test_predict_step_returns_maps_at_the_original_size() -> None:
         assert all(m.dtype == torch.uint8 and int(m.max()) < 5 for m in maps)
         # Same as argmax of the logits resized to the original size.
         logits = task(images)["out"]
-        expected = F.interpolate(logits[:1], size=(100, 80), mode="bilinear", align_corners=False).argmax(1)[0]
+        expected = F.interpolate(
+            logits[:1], size=(100, 80), mode="bilinear", align_corners=False
+        ).argmax(1)[0]
         torch.testing.assert_close(maps[0], expected.to(torch.uint8))
         # A bare image tensor: maps at the input size.
         assert [tuple(m.shape) for m in task.predict_step(images, 0)] == [(64, 64), (64, 64)]
@@ -202,21 +218,36 @@ def test_configs_parse(config: str, capsys: pytest.CaptureFixture) -> None:
 
 
 TINY_OVERRIDES = [
-    "--data.init_args.image_size", "64",
-    "--data.init_args.num_train", "4",
-    "--data.init_args.num_val", "2",
-    "--data.init_args.num_test", "2",
-    "--data.init_args.batch_size", "2",
-    "--data.init_args.num_workers", "0",
-    "--model.init_args.backbone_kwargs", '{"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
-    "--model.init_args.head_kwargs", '{"fpn_channels": 16, "channels": 16}',
-    "--trainer.limit_val_batches", "1",
-    "--trainer.limit_test_batches", "1",
-    "--trainer.limit_predict_batches", "1",
-    "--trainer.num_sanity_val_steps", "0",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
-    "--run.wandb", "disabled",
+    "--data.init_args.image_size",
+    "64",
+    "--data.init_args.num_train",
+    "4",
+    "--data.init_args.num_val",
+    "2",
+    "--data.init_args.num_test",
+    "2",
+    "--data.init_args.batch_size",
+    "2",
+    "--data.init_args.num_workers",
+    "0",
+    "--model.init_args.backbone_kwargs",
+    '{"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
+    "--model.init_args.head_kwargs",
+    '{"fpn_channels": 16, "channels": 16}',
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.limit_test_batches",
+    "1",
+    "--trainer.limit_predict_batches",
+    "1",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--run.wandb",
+    "disabled",
 ]
 
 
@@ -230,37 +261,59 @@ def test_cli_fit_test_predict_round_trip(tmp_path: Path, monkeypatch: pytest.Mon
     run_dir = Path(fit.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     assert last.exists()
-    pngs = sorted((run_dir / "images").glob("epoch_000_*.png"))  # the config's PredictionImageLogger
+    pngs = sorted(
+        (run_dir / "images").glob("epoch_000_*.png")
+    )  # the config's PredictionImageLogger
     assert len(pngs) == 2  # one per validation image (batch of 2)
     test = run_cli(["test", *common, "--ckpt_path", str(last)])
     names = ["background", "circle", "square", "triangle", "diamond", "cross", "ring"]
-    assert {"test/miou", "test/pixel_acc", *(f"test/iou/{n}" for n in names)} <= set(test.trainer.callback_metrics)
+    assert {"test/miou", "test/pixel_acc", *(f"test/iou/{n}" for n in names)} <= set(
+        test.trainer.callback_metrics
+    )
     predict = run_cli(["predict", *common, "--ckpt_path", str(last)])
     predictions = predict.trainer.predict_loop.predictions
-    assert len(predictions) == 1 and [tuple(m.shape) for m in predictions[0]] == [(64, 64), (64, 64)]
+    assert len(predictions) == 1 and [tuple(m.shape) for m in predictions[0]] == [
+        (64, 64),
+        (64, 64),
+    ]
 
 
 @pytest.mark.slow
-def test_voc_config_on_the_shared_sample(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_voc_config_on_the_shared_sample(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The VOC deeplabv3 config (aux head) on the real VOC files: predictions at the original size."""
     from PIL import Image
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     voc = shared_data / "voc-sample"
     common = [
-        "-c", str(REPO_ROOT / "configs" / "voc_segmentation_deeplabv3.yaml"),
-        "--data.init_args.data_dir", str(voc),
-        "--data.init_args.image_size", "64",
-        "--data.init_args.batch_size", "2",
-        "--data.init_args.num_workers", "0",
-        "--model.init_args.backbone_kwargs", '{"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
-        "--trainer.limit_val_batches", "1",
-        "--trainer.limit_predict_batches", "1",
-        "--trainer.num_sanity_val_steps", "0",
-        "--trainer.enable_progress_bar", "false",
-        "--run.root", str(tmp_path),
+        "-c",
+        str(REPO_ROOT / "configs" / "voc_segmentation_deeplabv3.yaml"),
+        "--data.init_args.data_dir",
+        str(voc),
+        "--data.init_args.image_size",
+        "64",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        "--model.init_args.backbone_kwargs",
+        '{"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_predict_batches",
+        "1",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--run.root",
+        str(tmp_path),
     ]
-    fit = run_cli(["fit", *common, "--trainer.max_steps", "1", "--trainer.max_epochs", "1"])
+    fit = run_cli(
+        ["fit", *common, "--trainer.limit_train_batches", "1", "--trainer.max_epochs", "1"]
+    )
     assert "val/miou" in fit.trainer.callback_metrics
     last = Path(fit.run_dir) / "checkpoints" / "last.ckpt"
     predict = run_cli(["predict", *common, "--ckpt_path", str(last)])

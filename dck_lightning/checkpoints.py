@@ -1,0 +1,322 @@
+"""Checkpoints: find the one to resume from, and check a file before Lightning loads it.
+
+Lightning's own errors for a bad ``--ckpt_path`` come late and deep (a zip reader message, a
+``load_state_dict`` key dump, after the loggers started). The CLI calls these first:
+
+- :func:`read_checkpoint` — the file exists, is a complete, undamaged torch checkpoint (zip
+  CRCs checked), loads with ``weights_only=True`` and is a Lightning checkpoint;
+- :func:`check_compatible` — it was saved by the same task class and backbone, and its
+  state-dict keys and shapes match the model this run builds;
+- :func:`find_resume_checkpoint` — the newest ``last.ckpt`` / ``hpc_ckpt_N.ckpt`` of a run
+  folder (what ``dck fit`` resumes from when the run folder already has one).
+
+Every problem is a :class:`CheckpointError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_ALIASES",
+    "CheckpointError",
+    "check_compatible",
+    "check_config_matches",
+    "checkpoint_candidates",
+    "find_resume_checkpoint",
+    "is_run_dir",
+    "latest_run_with_checkpoint",
+    "read_checkpoint",
+    "run_dir_of_checkpoint",
+]
+
+#: ``--ckpt_path`` keywords the CLI resolves to a file of a run folder.
+CHECKPOINT_ALIASES = ("last", "hpc", "best")
+#: Files that mark a folder as a run folder (see :mod:`dck_lightning.runs`).
+RUN_MARKERS = ("config.yaml", "metrics.csv", "wandb_run_id.txt", "hparams.yaml")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for this run: missing, damaged, or of another model."""
+
+
+# -- finding checkpoints ---------------------------------------------------------------------
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` looks like a run folder written by ``dck``."""
+    return path.is_dir() and any((path / marker).exists() for marker in RUN_MARKERS)
+
+
+def run_dir_of_checkpoint(path: Union[str, Path]) -> Optional[Path]:
+    """The run folder a checkpoint file belongs to: ``<run>/checkpoints/*.ckpt`` or ``<run>/hpc_ckpt_N.ckpt``."""
+    path = Path(path)
+    if path.parent.name == "checkpoints" and is_run_dir(path.parent.parent):
+        return path.parent.parent
+    if path.name.startswith("hpc_ckpt_") and is_run_dir(path.parent):
+        return path.parent
+    return None
+
+
+def _hpc_number(path: Path) -> int:
+    suffix = path.stem[len("hpc_ckpt_") :]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def checkpoint_candidates(run_dir: Path, alias: str = "last") -> list[Path]:
+    """Checkpoint files of ``run_dir`` for ``alias``, newest first.
+
+    ``last``: ``checkpoints/last.ckpt`` (written at every epoch end and on SIGTERM) and the
+    ``hpc_ckpt_N.ckpt`` files Lightning writes on SLURM's SIGUSR1; ``hpc``: only the latter;
+    ``best``: ``checkpoints/best-*.ckpt``.
+    """
+    folder = run_dir / "checkpoints"
+    hpc = [
+        p
+        for p in (*run_dir.glob("hpc_ckpt_*.ckpt"), *folder.glob("hpc_ckpt_*.ckpt"))
+        if p.is_file()
+    ]
+    if alias == "hpc":
+        files = hpc
+    elif alias == "best":
+        files = [p for p in folder.glob("best*.ckpt") if p.is_file()]
+    elif alias == "last":
+        files = [p for p in (folder / "last.ckpt",) if p.is_file()] + hpc
+    else:
+        raise ValueError(
+            f"unknown checkpoint alias {alias!r}; expected one of {CHECKPOINT_ALIASES}"
+        )
+    # Newest first; for equal times prefer the higher hpc number, then last.ckpt.
+    return sorted(
+        files,
+        key=lambda p: (p.stat().st_mtime, _hpc_number(p), p.name == "last.ckpt"),
+        reverse=True,
+    )
+
+
+def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint a ``fit`` into ``run_dir`` resumes from: its newest last/hpc checkpoint."""
+    candidates = checkpoint_candidates(run_dir, "last")
+    return candidates[0] if candidates else None
+
+
+def latest_run_with_checkpoint(experiment_dir: Path, alias: str = "last") -> Optional[Path]:
+    """The most recently written run folder of ``experiment_dir`` that has a checkpoint for ``alias``."""
+    runs = []
+    for run_dir in experiment_dir.glob("*"):
+        candidates = checkpoint_candidates(run_dir, alias) if run_dir.is_dir() else []
+        if candidates:
+            runs.append((candidates[0].stat().st_mtime, run_dir))
+    return max(runs)[1] if runs else None
+
+
+# -- reading and checking ------------------------------------------------------------------
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _check_zip(path: Path) -> None:
+    """Verify the CRC of every member of a zip checkpoint (torch.load does not)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            if infos and all(info.CRC == 0 for info in infos if info.file_size):
+                return  # saved without CRCs (torch.serialization.config.save.compute_crc32 = False)
+            bad = archive.testzip()
+    except zipfile.BadZipFile:
+        return  # torch.load reports it
+    except OSError as error:
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read ({_first_line(error)})"
+        ) from error
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its member {bad!r} fails the CRC check (the file was "
+            "damaged after it was written); use another checkpoint, e.g. an earlier best-*.ckpt"
+        )
+
+
+def read_checkpoint(
+    path: Union[str, Path], weights_only: bool = True, verify: bool = True
+) -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU, or raise a :class:`CheckpointError` saying why not.
+
+    Args:
+        path: the ``.ckpt`` file.
+        weights_only: load with ``torch.load(weights_only=True)`` (tensors and plain Python
+            values only; refuses pickled code). ``False`` only for files you trust.
+        verify: check the zip CRCs first (reads the whole file once).
+
+    Returns:
+        the checkpoint dict (tensors memory-mapped when the format allows).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): the save or copy that wrote it was interrupted"
+        )
+    if verify and zipfile.is_zipfile(path):
+        _check_zip(path)
+    try:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+        except RuntimeError as error:
+            if "mmap can only be used" not in str(error):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise CheckpointError(
+                f"checkpoint {path} contains pickled Python objects that weights_only=True refuses to "
+                "load (it was not written by dck, or was edited). Pass --weights_only false only if "
+                "you trust where the file comes from."
+            ) from error
+        raise CheckpointError(
+            f"checkpoint {path} is not a torch checkpoint ({_first_line(error)}); {size} bytes"
+        ) from error
+    except (
+        Exception
+    ) as error:  # torch.load's errors for damaged files vary: RuntimeError, EOFError, IndexError…
+        reason = _first_line(error)
+        if "central directory" in reason or isinstance(error, EOFError):
+            raise CheckpointError(
+                f"checkpoint {path} is truncated ({size} bytes; {reason}): the save or copy that wrote "
+                "it was interrupted. Use another checkpoint, e.g. an hpc_ckpt_*.ckpt or best-*.ckpt."
+            ) from error
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a torch checkpoint ({reason}); {size} bytes"
+        ) from error
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        keys = (
+            sorted(checkpoint)[:6] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        )
+        raise CheckpointError(
+            f"checkpoint {path} is not a Lightning checkpoint: it has no 'state_dict' (found {keys}). "
+            "A bare model state dict can be loaded with model.load_state_dict(torch.load(...)) instead."
+        )
+    return dict(checkpoint)
+
+
+def _short(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f", … ({len(names)} in all)" if len(names) > n else "")
+
+
+def _task_name(class_path: Any) -> Optional[str]:
+    return str(class_path).rsplit(".", 1)[-1] if class_path else None
+
+
+#: Hyperparameters naming the network: the backbone preset (``model`` for classification,
+#: ``backbone`` for detection and segmentation) and the head.
+MODEL_KEYS = ("model", "backbone", "head")
+
+
+def _check_same(path: Union[str, Path], key: str, saved: Any, wanted: Any) -> None:
+    if isinstance(saved, str) and isinstance(wanted, str) and saved != wanted:
+        raise CheckpointError(
+            f"checkpoint {path} holds a {saved!r} {key}, but this run builds {wanted!r}: set "
+            f"--model.init_args.{key} {saved} (and the same *_kwargs) or use another checkpoint"
+        )
+
+
+def _get(config: Any, key: str) -> Any:
+    if config is None:
+        return None
+    getter = getattr(config, "get", None)
+    return getter(key) if getter is not None else getattr(config, key, None)
+
+
+def check_config_matches(
+    checkpoint: Mapping[str, Any], path: Union[str, Path], model_config: Any
+) -> None:
+    """Raise a :class:`CheckpointError` when the config's task class or backbone is not the checkpoint's.
+
+    ``model_config`` is the parsed ``model`` section (``class_path`` and ``init_args``), before
+    anything is built.
+    """
+    hparams = checkpoint.get("hyper_parameters") or {}
+    meta = checkpoint.get("dck") or {}
+    saved_task = _task_name(meta.get("task") or hparams.get("_class_path"))
+    task = _task_name(_get(model_config, "class_path"))
+    if saved_task and task and saved_task != task:
+        raise CheckpointError(
+            f"checkpoint {path} was saved by {saved_task}, but this run builds {task}: use the config "
+            "the checkpoint was trained with (its run folder's config.yaml) or another checkpoint"
+        )
+    init_args = _get(model_config, "init_args")
+    for key in MODEL_KEYS:
+        _check_same(path, key, hparams.get(key), _get(init_args, key))
+
+
+def check_compatible(
+    checkpoint: Mapping[str, Any], path: Union[str, Path], module: torch.nn.Module
+) -> None:
+    """Raise a :class:`CheckpointError` when ``checkpoint`` cannot be loaded into ``module``.
+
+    Checks, in order: the task class (the checkpoint's ``dck`` metadata or LightningCLI's
+    ``_class_path`` hyperparameter), the backbone name (``hyper_parameters["model"]``), then
+    state-dict keys and tensor shapes against ``module.state_dict()``.
+    """
+    hparams = checkpoint.get("hyper_parameters") or {}
+    meta = checkpoint.get("dck") or {}
+    saved_task = _task_name(meta.get("task") or hparams.get("_class_path"))
+    task = type(module).__name__
+    if saved_task and saved_task != task:
+        raise CheckpointError(
+            f"checkpoint {path} was saved by {saved_task}, but this run builds {task}: use the config "
+            "the checkpoint was trained with (its run folder's config.yaml) or another checkpoint"
+        )
+    current = getattr(module, "hparams", {}) or {}
+    for key in MODEL_KEYS:
+        _check_same(path, key, hparams.get(key), current.get(key))
+    saved = checkpoint["state_dict"]
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    mismatched = [
+        f"{k} {tuple(saved[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in saved
+        and hasattr(saved[k], "shape")
+        and tuple(saved[k].shape) != tuple(expected[k].shape)
+    ]
+    strict = getattr(module, "strict_loading", True)
+    if mismatched or (strict and (missing or unexpected)):
+        problems = []
+        if mismatched:
+            problems.append(
+                f"{len(mismatched)} tensor(s) of another shape (checkpoint vs model): {_short(mismatched)}"
+            )
+        if strict and missing:
+            problems.append(
+                f"{len(missing)} weight(s) missing from the checkpoint: {_short(missing)}"
+            )
+        if strict and unexpected:
+            problems.append(
+                f"{len(unexpected)} weight(s) the model does not have: {_short(unexpected)}"
+            )
+        differs = ""
+        if hparams.get("model_kwargs") != current.get("model_kwargs") and "model_kwargs" in hparams:
+            differs = f" The checkpoint's model_kwargs are {hparams.get('model_kwargs')}, this run's {current.get('model_kwargs')}."
+        if "num_classes" in hparams and hparams.get("num_classes") != current.get("num_classes"):
+            differs += f" The checkpoint has {hparams['num_classes']} classes, this run {current.get('num_classes')}."
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this run's {task}: "
+            + "; ".join(problems)
+            + "."
+            + differs
+        )
