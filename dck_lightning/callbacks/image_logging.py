@@ -66,6 +66,8 @@ class PredictionImageLogger(Callback):
         key (str): the W&B key. Default: ``"val/predictions"``.
     """
 
+    _log_dir = None  # set in setup()
+
     def __init__(self, every_n_epochs: int = 1, max_images: int = 8, key: str = "val/predictions") -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -75,6 +77,11 @@ class PredictionImageLogger(Callback):
         self.max_images = max_images
         self.key = key
         self._warned = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # ``trainer.log_dir`` is a collective under DDP: read it here, on every rank, not
+        # later on rank 0 only (that would hang the other ranks).
+        self._log_dir = trainer.log_dir
 
     def should_log(self, trainer: pl.Trainer, batch_idx: int, dataloader_idx: int) -> bool:
         return (
@@ -116,7 +123,7 @@ class PredictionImageLogger(Callback):
             for logger in wandb_loggers:
                 logger.log_image(key=self.key, images=images, caption=captions, step=trainer.global_step)
             return
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "images"
+        folder = Path(self._log_dir or trainer.default_root_dir) / "images"
         folder.mkdir(parents=True, exist_ok=True)
         prefix = f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:07d}"
         lines = []

@@ -69,6 +69,8 @@ class KernelVisualizationCallback(Callback):
               init_args: {every_n_epochs: 5}
     """
 
+    _log_dir = None  # set in setup()
+
     def __init__(
         self,
         every_n_epochs: int = 1,
@@ -84,6 +86,11 @@ class KernelVisualizationCallback(Callback):
         self.max_layers = max_layers
         self._image: Tensor | None = None
         self._warned = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # ``trainer.log_dir`` is a collective under DDP: read it here, on every rank, not
+        # later on rank 0 only (that would hang the other ranks).
+        self._log_dir = trainer.log_dir
 
     def _due(self, trainer: pl.Trainer) -> bool:
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
@@ -198,7 +205,7 @@ class KernelVisualizationCallback(Callback):
             return
         from PIL import Image
 
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "kernels"
+        folder = Path(self._log_dir or trainer.default_root_dir) / "kernels"
         folder.mkdir(parents=True, exist_ok=True)
         for key, picture in pictures.items():
             Image.fromarray(picture).save(folder / f"epoch_{epoch:03d}_{key}.png")

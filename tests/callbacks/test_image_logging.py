@@ -81,6 +81,7 @@ def test_take_first_cuts_every_part_of_a_batch() -> None:
     assert take_first({"image": torch.zeros(5, 1), "id": [1, 2, 3]}, 2)["id"] == [1, 2]
 
 
+@pytest.mark.slow  # ~10-20 s: starting the W&B service dominates
 def test_logs_to_an_offline_wandb_run(tmp_path: Path) -> None:
     """With a WandbLogger the images go to W&B (here an offline run under the run folder), not to PNGs."""
     import wandb
