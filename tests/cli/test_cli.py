@@ -3,6 +3,7 @@ run folders never overwritten, clear errors for bad input."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -77,9 +78,14 @@ def test_fit_then_validate_test_predict_from_the_checkpoint(tmp_path, capsys):
 
     # W&B offline: the run folder holds the metrics and the resolved config.
     wandb.finish()
+    wandb.teardown()  # stop the W&B service: everything it buffered is on disk now
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    records = next(offline[0].glob("run-*.wandb")).read_bytes()
+    record_file = next(offline[0].glob("run-*.wandb"))
+    deadline = time.monotonic() + 30
+    while b"val/acc" not in record_file.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    records = record_file.read_bytes()
     assert b"val/acc" in records and b"train/loss_epoch" in records
     assert b"dcb_small" in records and b"SyntheticShapesDataModule" in records
     saved = yaml.safe_load((offline[0] / "files" / "config.yaml").read_text())
