@@ -29,6 +29,7 @@ from .image_folder import ImageFolderDataModule, decode_images, load_image_folde
 from .mnist import MNIST_FILES, MNISTDataModule
 from .shapes import SHAPE_NAMES, RenderedShapes, render_shapes
 from .synthetic import SyntheticShapesDataModule, SyntheticShapesDataset
+from .voc import VOCDetectionDataModule, VOCSegmentationDataModule
 from .tensor_dataset import BatchedTensorDataset, passthrough_collate
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "random_horizontal_flip",
     "read_cifar_batches",
     "read_idx",
+    "VOCDetectionDataModule",
+    "VOCSegmentationDataModule",
     "render_shapes",
     "split_train_val",
     "to_float",

@@ -32,6 +32,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision.datasets import VOCDetection, VOCSegmentation
 
 from dck_lightning.data.base import BaseDataModule
+from dck_lightning.locking import file_lock
 from dck_lightning.data.collate import detection_collate
 from dck_lightning.data.errors import DataNotFoundError
 from dck_lightning.data.transforms import (
@@ -136,16 +137,19 @@ class VOCDataModule(BaseDataModule, ABC):
     # -- Lightning hooks -------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """With ``download=True``, fetch the image sets that are missing (rank 0 only)."""
+        """With ``download=True``, fetch the image sets that are missing (rank 0 only), under a
+        file lock in ``data_dir`` so jobs sharing a filesystem never download into it at once."""
         if not self.download:
             return
-        for image_set in dict.fromkeys(self.train_image_sets() + self.val_sets + self.test_sets):
-            if not missing_paths(self.required_paths(image_set)):
-                continue
-            try:
-                self.download_set(image_set)
-            except Exception as err:  # URLError, RuntimeError, OSError, tarfile errors...
-                raise self._data_not_found([image_set], download_error=err) from err
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        with file_lock(Path(self.data_dir) / ".prepare_data.lock"):
+            for image_set in dict.fromkeys(self.train_image_sets() + self.val_sets + self.test_sets):
+                if not missing_paths(self.required_paths(image_set)):
+                    continue
+                try:
+                    self.download_set(image_set)
+                except Exception as err:  # URLError, RuntimeError, OSError, tarfile errors...
+                    raise self._data_not_found([image_set], download_error=err) from err
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Read the image sets the stage needs (once; later calls reuse them)."""
