@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 import torchvision
+from bench_utils import write_section
 from torch import nn
 
 from dck_lightning.layers import DeformConv2d, DynamicConv2d
@@ -241,18 +242,6 @@ def machine_description(device: str) -> str:
     )
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace this script's section of ``path`` (between markers), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{SECTION_START}\n{body}\n{SECTION_END}"
-    if SECTION_START in text:
-        head, rest = text.split(SECTION_START, 1)
-        text = head + section + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -294,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                 *lines,
             ]
         )
-        write_section(args.write, body)
+        write_section(args.write, body, (SECTION_START, SECTION_END))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ original IDX gzip format into a temporary ``data_dir`` and read by ``MNISTDataMo
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
 import tempfile
 from pathlib import Path
