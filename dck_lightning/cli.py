@@ -491,5 +491,11 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
     raise AssertionError("unreachable")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The ``dck`` console script. It returns nothing: the script does ``sys.exit(entry_point())``
+    and any other return value would turn a successful run into exit status 1."""
     main()
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -136,3 +136,16 @@ def test_bad_input_gives_the_cli_message_not_a_traceback(args, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_console_script_exits_zero_after_a_successful_fit(tmp_path, monkeypatch):
+    """``dck`` runs ``sys.exit(entry_point())``: a successful fit must end with status 0."""
+    from dck_lightning.cli import entry_point
+
+    monkeypatch.setattr("sys.argv", ["dck", "fit", *tiny_args(tmp_path, "--run.wandb", "disabled")])
+    with pytest.raises(SystemExit) as exit_info:
+        import sys
+
+        sys.exit(entry_point())
+    assert exit_info.value.code is None
+    assert (tmp_path / "default" / "version_0" / "checkpoints" / "last.ckpt").is_file()
