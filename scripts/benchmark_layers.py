@@ -38,8 +38,13 @@ from torch import nn
 
 from dck_lightning.layers import DeformConv2d, DynamicConv2d
 
-SECTION_START = "<!-- benchmark_layers:start -->"
-SECTION_END = "<!-- benchmark_layers:end -->"
+SECTION = "benchmark_layers"  # BENCHMARKS.md section; CUDA results go to their own ("benchmark_layers_cuda")
+
+
+def section_markers(device: str) -> tuple[str, str]:
+    """The BENCHMARKS.md markers of this device type's table, so CPU and GPU results coexist."""
+    name = SECTION if torch.device(device).type == "cpu" else f"{SECTION}_{torch.device(device).type}"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
 def _sync(device: torch.device) -> None:
@@ -200,7 +205,7 @@ def run(args: argparse.Namespace) -> list[str]:
     start_load = os.getloadavg()[0]
     print(f"{torch.get_num_threads()} threads, load average at start: {start_load:.2f}", flush=True)
     lines = [
-        f"### {torch.get_num_threads()} thread(s)",
+        f"### {torch.get_num_threads()} thread(s)" if device.type == "cpu" else f"### {device.type}",
         "",
         "| k | layer | ms | × conv2d | rounds | peak MiB |",
         "|---|---|---|---|---|---|",
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
         body = "\n".join(
             [
-                "## Layers: forward+backward vs nn.Conv2d",
+                f"## Layers: forward+backward vs nn.Conv2d ({torch.device(args.device).type})",
                 "",
                 f"Command: `{command}`  ",
                 f"Machine: {machine_description(args.device)}, {os.cpu_count()} CPUs",
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                 *lines,
             ]
         )
-        write_section(args.write, body, (SECTION_START, SECTION_END))
+        write_section(args.write, body, section_markers(args.device))
 
 
 if __name__ == "__main__":
