@@ -291,12 +291,15 @@ def _deform_matmul(
     """
     _, _, y, x, mask = _samples(offset, mask, geometry)
     index, weights = bilinear_neighbours(y, x, mask, geometry[1])
-    weights = weights.to(table.dtype)
     if torch.onnx.is_in_onnx_export():
         rows = table.index_select(0, index.reshape(-1)).view(*index.shape, -1)
-        cols = (rows * weights.unsqueeze(-1)).sum(1)
+        cols = (rows * weights.to(table.dtype).unsqueeze(-1)).sum(1)
     else:
-        cols = F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+        # CUDA's embedding_bag has no bfloat16 backward for per-sample weights: off the CPU
+        # the gather runs in float32 at least and only the matmul in the low precision.
+        gather = table.dtype if table.device.type == "cpu" else torch.promote_types(table.dtype, torch.float32)
+        cols = F.embedding_bag(index, table.to(gather), per_sample_weights=weights.to(gather), mode="sum")
+        cols = cols.to(table.dtype)
     cols = cols.view(y.shape[:3].numel(), -1)
     return cols @ weight if bias is None else torch.addmm(bias, cols, weight)
 

@@ -127,6 +127,23 @@ def test_torch_backend_under_cpu_autocast_bfloat16(torch_path):
     assert block.deform[0].offset_conv.weight.grad is not None
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_torch_backend_trains_under_cuda_autocast(dtype):
+    """CUDA autocast (``bf16-mixed``/``16-mixed``) picks the ``torch`` backend; its backward
+    has to run there (CUDA's embedding_bag has no bfloat16 per-sample-weight backward)."""
+    from dck_lightning.layers import DCB
+
+    block = DCB(4, 8).cuda()
+    x = torch.randn(2, 4, 8, 8, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        out = block(x)
+        assert resolve_backend(None, x) == "torch"
+    out.float().sum().backward()
+    assert out.dtype == dtype
+    assert torch.isfinite(block.deform[0].offset_conv.weight.grad).all()
+
+
 def test_backend_selection():
     x = torch.randn(1, 1, 4, 4)
     assert resolve_backend("auto", x) == "torch"  # CPU
