@@ -132,14 +132,16 @@ def wandb_reachable(timeout: float = 2.0) -> bool:
 def resolve_wandb_mode(requested: WandbMode) -> str:
     """``online``/``offline``/``disabled`` for this run.
 
-    ``WANDB_MODE`` in the environment wins; ``auto`` is online only with credentials and a
-    reachable server, else offline (said once, with the ``wandb sync`` command).
+    An explicit ``online``/``offline``/``disabled`` (``--run.wandb``) is used as given. ``auto``
+    follows ``WANDB_MODE`` when the environment sets it (a cluster-wide ``offline``, say), else
+    it is online only with credentials and a reachable server, else offline (said once, with
+    the ``wandb sync`` command).
     """
+    if requested != "auto":
+        return requested
     env = os.environ.get("WANDB_MODE")
     if env in ("online", "offline", "disabled", "dryrun"):
         return "offline" if env == "dryrun" else env
-    if requested != "auto":
-        return requested
     if has_wandb_credentials() and wandb_reachable():
         return "online"
     rank_zero_info(

@@ -4,7 +4,7 @@
 What it checks, each printed as a PASS/FAIL line with its time:
 
 1. ``backends`` — the two sampling backends of the DCK/deformable layers
-   (``torch``: grid-sample + matmul; ``torchvision``: ``torchvision.ops.deform_conv2d``)
+   (``torch``: bilinear gathers + one matmul; ``torchvision``: ``torchvision.ops.deform_conv2d``)
    give the same outputs and gradients on CUDA in float32, and the ``torch`` backend in
    bfloat16 stays close to float32.
 2. ``train-bf16`` — ``dck fit`` of a DCB backbone (``dcb_resnet18``, small widths) on synthetic

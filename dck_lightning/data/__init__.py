@@ -29,8 +29,8 @@ from .image_folder import ImageFolderDataModule, decode_images, load_image_folde
 from .mnist import MNIST_FILES, MNISTDataModule
 from .shapes import SHAPE_NAMES, RenderedShapes, render_shapes
 from .synthetic import SyntheticShapesDataModule, SyntheticShapesDataset
-from .voc import VOCDetectionDataModule, VOCSegmentationDataModule
 from .tensor_dataset import BatchedTensorDataset, passthrough_collate
+from .voc import VOCDetectionDataModule, VOCSegmentationDataModule
 
 __all__ = [
     "BaseDataModule",

@@ -47,6 +47,8 @@ class SyntheticShapesDataset(Dataset):
             segmentation; classification draws exactly one).
         min_size, max_size: range of shape diameters in pixels.
         noise_std: pixel noise standard deviation (0-255 scale).
+        cache: keep every sample once rendered (image and compact targets, about
+            ``4·H·W`` bytes), so that later epochs read it instead of rendering it again.
 
     A sample is ``(image, target)`` with ``image`` a ``uint8`` ``Tensor[3, H, W]`` and
     ``target`` the ``int`` label (classification), a dict with ``boxes`` ``float32[N, 4]``,
@@ -67,6 +69,7 @@ class SyntheticShapesDataset(Dataset):
         min_size: int = 4,
         max_size: Optional[int] = None,
         noise_std: float = 6.0,
+        cache: bool = False,
     ) -> None:
         if task not in ("classification", "detection", "segmentation"):
             raise ValueError(f"unknown task {task!r}")
@@ -88,6 +91,7 @@ class SyntheticShapesDataset(Dataset):
         self.min_size = min_size
         self.max_size = max_size if max_size is not None else max(min_size, image_size // 2)
         self.noise_std = noise_std
+        self._cache: Optional[dict[int, tuple[Tensor, Any]]] = {} if cache else None
 
     def __len__(self) -> int:
         return self.length
@@ -107,25 +111,37 @@ class SyntheticShapesDataset(Dataset):
         )
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
-        rendered = self.render(index)
-        image = torch.from_numpy(rendered.image).permute(2, 0, 1).contiguous()
+        if self._cache is None:
+            image, target = self._compact_sample(index)
+        else:
+            if index not in self._cache:
+                self._cache[index] = self._compact_sample(index)
+            image, target = self._cache[index]
+            image = image.clone()  # the batch may be augmented in place (num_workers=0)
         if self.task == "classification":
-            return image, int(rendered.labels[0])
+            return image, target
         orig_size = torch.tensor([self.image_size, self.image_size], dtype=torch.long)
         if self.task == "detection":
-            labels = torch.from_numpy(rendered.labels)
+            boxes, labels = target
             return image, {
-                "boxes": torch.from_numpy(rendered.boxes),
-                "labels": labels,
+                "boxes": boxes.clone(),
+                "labels": labels.clone(),
                 "difficult": torch.zeros_like(labels, dtype=torch.bool),
                 "orig_size": orig_size,
                 "image_id": index,
             }
-        return image, {
-            "mask": torch.from_numpy(rendered.mask),
-            "orig_size": orig_size,
-            "image_id": index,
-        }
+        return image, {"mask": target.long(), "orig_size": orig_size, "image_id": index}
+
+    def _compact_sample(self, index: int) -> tuple[Tensor, Any]:
+        """``(image uint8[3, H, W], target)``: the label, ``(boxes, labels)`` or the class
+        mask as ``uint8[H, W]`` (7 classes), the form the cache keeps."""
+        rendered = self.render(index)
+        image = torch.from_numpy(rendered.image).permute(2, 0, 1).contiguous()
+        if self.task == "classification":
+            return image, int(rendered.labels[0])
+        if self.task == "detection":
+            return image, (torch.from_numpy(rendered.boxes), torch.from_numpy(rendered.labels))
+        return image, torch.from_numpy(rendered.mask.astype(np.uint8))
 
     def tensors(self) -> tuple[Tensor, Tensor]:
         """All classification samples at once: ``uint8[N, 3, H, W]`` images and ``int64[N]`` labels."""
@@ -168,6 +184,10 @@ class SyntheticShapesDataModule(BaseDataModule):
         noise_std: pixel noise standard deviation (0-255 scale).
         augment: random horizontal flips of training batches (boxes and masks follow).
         normalize: normalise images with ``mean``/``std``.
+        cache: detection/segmentation: keep each image once rendered, so later epochs do not
+            render it again (about ``4·H·W`` bytes an image, in each loader worker, which
+            persist between epochs): 2,048 images of 128×128 take 134 MB. Turn off for very
+            large ``num_train``. Classification renders everything once in ``setup`` anyway.
     """
 
     def __init__(
@@ -187,6 +207,7 @@ class SyntheticShapesDataModule(BaseDataModule):
         noise_std: float = 6.0,
         augment: bool = True,
         normalize: bool = True,
+        cache: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers, seed, augment, normalize)
         self.save_hyperparameters()
@@ -219,17 +240,18 @@ class SyntheticShapesDataModule(BaseDataModule):
         # Fail now, not in setup, on inconsistent generator arguments.
         self.dataset("train")
 
-    def dataset(self, split: str) -> SyntheticShapesDataset:
+    def dataset(self, split: str, cache: bool = False) -> SyntheticShapesDataset:
         """The on-the-fly dataset of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
-        return SyntheticShapesDataset(self.task, split, self._sizes[split], **self._dataset_kwargs)
+        return SyntheticShapesDataset(
+            self.task, split, self._sizes[split], cache=cache, **self._dataset_kwargs
+        )
 
     def _build(self, split: str) -> Optional[Dataset]:
         if self._sizes[split] == 0:
             return None
-        dataset = self.dataset(split)
         if self.task == "classification":
-            return BatchedTensorDataset(*dataset.tensors())
-        return dataset
+            return BatchedTensorDataset(*self.dataset(split).tensors())
+        return self.dataset(split, cache=self.hparams.cache)
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Create (classification: render) the splits the stage needs."""

@@ -32,7 +32,6 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision.datasets import VOCDetection, VOCSegmentation
 
 from dck_lightning.data.base import BaseDataModule
-from dck_lightning.locking import file_lock
 from dck_lightning.data.collate import detection_collate
 from dck_lightning.data.errors import DataNotFoundError
 from dck_lightning.data.transforms import (
@@ -65,6 +64,7 @@ from dck_lightning.data.voc_segmentation import (
     sbd_available,
 )
 from dck_lightning.data.voc_segmentation import required_paths as segmentation_paths
+from dck_lightning.locking import file_lock
 
 log = logging.getLogger(__name__)
 

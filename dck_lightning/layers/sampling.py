@@ -227,7 +227,10 @@ def bilinear_neighbours(
     height, width = in_size
     batch, groups, device = y.shape[0], y.shape[-1], y.device
     row = (width + 3) * groups  # table rows from one image row to the next
-    top, left = y.detach().floor(), x.detach().floor()
+    # A NaN coordinate (from NaN offsets) reads the zero border instead of an arbitrary row;
+    # its weights stay NaN, so the output is NaN, as a convolution of NaNs would be.
+    top = torch.nan_to_num(y.detach(), nan=-1.0).floor()
+    left = torch.nan_to_num(x.detach(), nan=-1.0).floor()
     # Table row of the top-left neighbour: (b, top + 1, left + 1, g) in the padded image.
     first = torch.arange(batch, device=device) * ((height + 3) * row) + row + groups
     first = first.view(-1, 1, 1, 1, 1) + torch.arange(groups, device=device)

@@ -5,7 +5,7 @@ from .classifier import ImageClassifier
 from .neck import BackboneWithFPN, make_extra_block
 from .registry import create_backbone, create_classifier, list_backbones
 from .seednet import SeedNet
-from .summary import count_parameters, count_flops
+from .summary import count_flops, count_parameters
 
 __all__ = [
     "FEATURE_NAMES",

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.validation import check_choice
-
 from .backbone import DCBNet
 
 

@@ -48,7 +48,6 @@ def make_runs(root: Path) -> Path:
     from dck_lightning.cli import main
 
     with pytest.MonkeyPatch.context() as env:
-        env.delenv("WANDB_MODE", raising=False)  # it would override --run.wandb disabled
         for dck in DCK_MODES:
             for seed in SEEDS:
                 extra = [

@@ -149,3 +149,24 @@ def test_console_script_exits_zero_after_a_successful_fit(tmp_path, monkeypatch)
         sys.exit(entry_point())
     assert exit_info.value.code is None
     assert (tmp_path / "default" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("requested", "env", "expected"),
+    [
+        ("disabled", "offline", "disabled"),  # an explicit --run.wandb is used as given
+        ("offline", "online", "offline"),
+        ("auto", "disabled", "disabled"),  # auto follows WANDB_MODE when it is set
+        ("auto", "dryrun", "offline"),
+        ("auto", None, "offline"),  # no credentials here: offline
+    ],
+)
+def test_wandb_mode_precedence(requested, env, expected, monkeypatch):
+    from dck_lightning import runs
+
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    monkeypatch.setattr(runs, "has_wandb_credentials", lambda: False)
+    assert runs.resolve_wandb_mode(requested) == expected

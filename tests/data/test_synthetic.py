@@ -267,3 +267,35 @@ def test_constructor_is_configurable():
     assert dm.task == "segmentation" and dm.image_size == (24, 24) and dm.num_classes == 7
     with pytest.raises(ArgumentError):
         parser.parse_args(["--data.task=depth"])
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_cache_renders_each_image_once_and_returns_the_same_samples(task, monkeypatch):
+    plain = SyntheticShapesDataset(task, "train", 4, seed=5)
+    cached = SyntheticShapesDataset(task, "train", 4, seed=5, cache=True)
+    renders = []
+    original = SyntheticShapesDataset.render
+    monkeypatch.setattr(
+        SyntheticShapesDataset, "render", lambda self, i: renders.append(i) or original(self, i)
+    )
+    for _ in range(2):  # two epochs
+        for index in range(4):
+            (image, target), (ref_image, ref_target) = cached[index], plain[index]
+            assert torch.equal(image, ref_image) and target.keys() == ref_target.keys()
+            for key, value in ref_target.items():
+                got = target[key]
+                assert torch.equal(got, value) and got.dtype == value.dtype if torch.is_tensor(value) else got == value
+            image.zero_()  # an in-place augmentation must not reach the cache
+            if task == "detection":
+                target["boxes"].zero_()
+    assert renders.count(0) == 3  # the plain dataset twice, the cached one once
+    assert torch.equal(cached[0][0], plain[0][0])
+
+
+def test_datamodule_caches_detection_and_segmentation_only():
+    dm = SyntheticShapesDataModule(task="segmentation", num_train=4, num_val=4, batch_size=2)
+    dm.setup("fit")
+    assert dm.train_dataset._cache == {} and dm.val_dataset._cache == {}
+    off = SyntheticShapesDataModule(task="segmentation", num_train=4, num_val=4, cache=False)
+    off.setup("fit")
+    assert off.train_dataset._cache is None

@@ -144,6 +144,15 @@ def test_torch_backend_trains_under_cuda_autocast(dtype):
     assert torch.isfinite(block.deform[0].offset_conv.weight.grad).all()
 
 
+def test_nan_offsets_give_nan_outputs_not_an_index_error(torch_path):
+    x, offset, weight, bias, mask, kwargs = random_inputs(CASES[0])
+    offset = offset.clone()
+    offset[0, :, 0, 0] = float("nan")
+    out = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torch", **kwargs)
+    assert out[0, :, 0, 0].isnan().all()
+    assert torch.isfinite(out[1]).all()  # the other image is untouched
+
+
 def test_backend_selection():
     x = torch.randn(1, 1, 4, 4)
     assert resolve_backend("auto", x) == "torch"  # CPU

@@ -419,7 +419,7 @@ TINY_OVERRIDES = [
 
 @pytest.mark.slow
 def test_cli_fit_test_predict_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "disabled")  # WANDB_MODE wins over --run.wandb; CSV + PNGs only
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the config's run.wandb is auto: CSV + PNGs only
     config = str(REPO_ROOT / "configs" / "shapes_detection.yaml")
     common = ["-c", config, *TINY_OVERRIDES, "--run.root", str(tmp_path)]
     fit = run_cli(["fit", *common, "--trainer.max_steps", "2", "--trainer.max_epochs", "1"])
