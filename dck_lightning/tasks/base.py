@@ -13,7 +13,7 @@ decay and ``lr × dynamic_lr_factor``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -22,6 +22,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ..layers import split_dynamic_parameters
+from ..layers.validation import check_choice
 from ..models import count_flops, count_parameters
 
 
@@ -35,6 +36,8 @@ class BaseTask(pl.LightningModule):
             Default: :class:`torch.optim.AdamW` with its defaults (lr 1e-3).
         lr_scheduler (LRSchedulerCallable, optional): builds the scheduler from the optimiser.
         dynamic_lr_factor (float): learning-rate factor of the dynamic parameters.
+        lr_scheduler_interval (str): step the scheduler every ``"epoch"`` (default) or every
+            optimiser ``"step"`` (warm-up, ``OneCycleLR``; its length is then in steps).
     """
 
     monitor = "val/loss"
@@ -47,8 +50,10 @@ class BaseTask(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         dynamic_lr_factor: float = 1.0,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         super().__init__()
+        check_choice("lr_scheduler_interval", lr_scheduler_interval, ("epoch", "step"))
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -87,7 +92,7 @@ class BaseTask(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        config = {"scheduler": scheduler}
+        config = {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = self.monitor
         return {"optimizer": optimizer, "lr_scheduler": config}

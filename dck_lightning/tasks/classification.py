@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
@@ -25,7 +25,7 @@ class ClassificationTask(BaseTask):
         label_smoothing (float): label smoothing of the cross-entropy. Default: 0.
         dropout (float): dropout before the linear head. Default: 0.
         class_names (list[str], optional): names for per-class metrics.
-        optimizer, lr_scheduler, dynamic_lr_factor: see :class:`BaseTask`.
+        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval: see :class:`BaseTask`.
     """
 
     monitor = "val/acc"
@@ -43,9 +43,12 @@ class ClassificationTask(BaseTask):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         dynamic_lr_factor: float = 1.0,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         self.model_name, self.model_kwargs = model, dict(model_kwargs or {})
-        super().__init__(num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor)
+        super().__init__(
+            num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval
+        )
 
     def configure_models(self) -> None:
         kwargs = dict(self.model_kwargs)

@@ -100,7 +100,7 @@ class DetectionTask(BaseTask):
         detections_per_img (int): detections kept per image. Default: 100.
         class_names (list[str], optional): class names for per-class AP and drawn labels;
             default the DataModule's ``class_names``.
-        optimizer, lr_scheduler, dynamic_lr_factor: see :class:`BaseTask`.
+        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval: see :class:`BaseTask`.
     """
 
     monitor = "val/map_50"
@@ -128,8 +128,11 @@ class DetectionTask(BaseTask):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         dynamic_lr_factor: float = 1.0,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
-        super().__init__(num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor)
+        super().__init__(
+            num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval
+        )
 
     def configure_models(self) -> None:
         h = self.hparams

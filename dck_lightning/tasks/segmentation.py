@@ -88,7 +88,7 @@ class SegmentationTask(BaseTask):
         ignore_index (int): target value of pixels left out of loss and metrics. Default: 255.
         class_names (list[str], optional): names for per-class metrics and image legends
             (default: the DataModule's).
-        optimizer, lr_scheduler, dynamic_lr_factor: see :class:`BaseTask`.
+        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval: see :class:`BaseTask`.
     """
 
     monitor = "val/miou"
@@ -110,6 +110,7 @@ class SegmentationTask(BaseTask):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         dynamic_lr_factor: float = 1.0,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -117,7 +118,9 @@ class SegmentationTask(BaseTask):
             raise ValueError(
                 f"loss weights must be >= 0, got aux_weight={aux_weight}, dice_weight={dice_weight}"
             )
-        super().__init__(num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor)
+        super().__init__(
+            num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval
+        )
 
     # -- model, loss, metrics ----------------------------------------------------------------
     def configure_models(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MulticlassAccuracy
@@ -34,6 +35,27 @@ def test_scheduler_is_injected():
     task = make_task(lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1))
     config = task.configure_optimizers()
     assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
+
+
+@pytest.mark.parametrize(("interval", "scheduler_steps"), [("epoch", 2), ("step", 6)])
+def test_scheduler_steps_per_epoch_or_per_optimiser_step(tmp_path, interval, scheduler_steps):
+    dm = SyntheticShapesDataModule(image_size=16, num_train=24, num_val=0, batch_size=8)  # 3 steps
+    task = make_task(
+        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+        lr_scheduler_interval=interval,
+    )
+    trainer = pl.Trainer(
+        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        default_root_dir=tmp_path, enable_model_summary=False,
+    )
+    trainer.fit(task, dm)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.5**scheduler_steps
+
+
+def test_bad_scheduler_interval():
+    with pytest.raises(ValueError, match="lr_scheduler_interval must be one of"):
+        make_task(lr_scheduler_interval="batch")
 
 
 def test_metrics_per_stage_and_top5_only_with_enough_classes():
