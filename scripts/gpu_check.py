@@ -10,13 +10,16 @@ What it checks, each printed as a PASS/FAIL line with its time:
 2. ``train-bf16`` — ``dck fit`` of a DCB backbone (``dcb_resnet18``, small widths) on synthetic
    shapes, one GPU, ``bf16-mixed``, a few steps: the loss stays finite, a checkpoint is written,
    and a second ``fit`` into the same run folder resumes from it.
-3. ``ddp`` (only with ``--ddp`` and at least 2 GPUs) — the same with ``strategy=ddp``,
+3. ``tasks-bf16`` — ``dck fit`` (one epoch of 128 images) and ``dck test`` of
+   ``configs/shapes_detection.yaml`` and ``configs/shapes_segmentation.yaml`` on one GPU in
+   ``bf16-mixed``: finite loss, a finite test mAP / mIoU from the checkpoint.
+4. ``ddp`` (only with ``--ddp`` and at least 2 GPUs) — the same with ``strategy=ddp``,
    2 GPUs and SyncBatchNorm, in a subprocess (Lightning starts the second process).
 
 Usage::
 
-    python scripts/gpu_check.py            # 1 and 2
-    python scripts/gpu_check.py --ddp      # 1, 2 and 3
+    python scripts/gpu_check.py            # 1, 2 and 3
+    python scripts/gpu_check.py --ddp      # 1 to 4
 
 Exit status: 0 all passed, 1 a check failed, 3 no CUDA device (nothing was run).
 """
@@ -112,6 +115,39 @@ def check_train_bf16() -> str:
         return f"loss {float(loss):.3f} after 8 bf16 steps; resumed to step 16"
 
 
+def check_tasks_bf16() -> str:
+    """``dck fit`` + ``dck test`` of the detection and segmentation configs, one GPU, bf16."""
+    import torch
+
+    from dck_lightning.cli import main
+
+    results = []
+    for config, metric in (("shapes_detection", "test/map_50"), ("shapes_segmentation", "test/miou")):
+        with tempfile.TemporaryDirectory() as tmp:
+            common = [
+                "-c", str(REPO / "configs" / f"{config}.yaml"),
+                "--run.root", tmp,
+                "--run.version", "gpu",
+                "--run.wandb", "disabled",
+                "--trainer.accelerator", "gpu",
+                "--trainer.devices", "1",
+                "--trainer.precision", "bf16-mixed",
+                "--trainer.enable_progress_bar", "false",
+                "--data.init_args.num_train", "128",
+                "--data.init_args.num_val", "32",
+                "--data.init_args.num_test", "32",
+            ]  # fmt: skip
+            cli = main(["fit", *common, "--trainer.max_epochs", "1"])
+            loss = cli.trainer.callback_metrics.get("train/loss")  # the last step's
+            assert loss is not None and torch.isfinite(loss), f"{config}: training loss {loss}"
+            last = Path(tmp) / config / "gpu" / "checkpoints" / "last.ckpt"
+            cli = main(["test", *common, "--ckpt_path", str(last)])
+            value = cli.trainer.callback_metrics.get(metric)
+            assert value is not None and torch.isfinite(value), f"{config}: {metric} {value}"
+            results.append(f"{config}: loss {float(loss):.3f}, {metric} {float(value):.3f}")
+    return "; ".join(results)
+
+
 def check_ddp() -> str:
     import torch
 
@@ -162,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[tuple[str, Callable[[], str]]] = [
         ("backends", check_backends),
         ("train-bf16", check_train_bf16),
+        ("tasks-bf16", check_tasks_bf16),
     ]
     if args.ddp:
         checks.append(("ddp", check_ddp))

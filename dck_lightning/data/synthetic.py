@@ -132,6 +132,14 @@ class SyntheticShapesDataset(Dataset):
             }
         return image, {"mask": target.long(), "orig_size": orig_size, "image_id": index}
 
+    def fill_cache(self) -> None:
+        """Render every image now (needs ``cache=True``), so that training never waits for it."""
+        if self._cache is None:
+            raise RuntimeError("fill_cache() needs a dataset made with cache=True")
+        for index in range(self.length):
+            if index not in self._cache:
+                self._cache[index] = self._compact_sample(index)
+
     def _compact_sample(self, index: int) -> tuple[Tensor, Any]:
         """``(image uint8[3, H, W], target)``: the label, ``(boxes, labels)`` or the class
         mask as ``uint8[H, W]`` (7 classes), the form the cache keeps."""
@@ -184,10 +192,12 @@ class SyntheticShapesDataModule(BaseDataModule):
         noise_std: pixel noise standard deviation (0-255 scale).
         augment: random horizontal flips of training batches (boxes and masks follow).
         normalize: normalise images with ``mean``/``std``.
-        cache: detection/segmentation: keep each image once rendered, so later epochs do not
-            render it again (about ``4·H·W`` bytes an image, in each loader worker, which
-            persist between epochs): 2,048 images of 128×128 take 134 MB. Turn off for very
-            large ``num_train``. Classification renders everything once in ``setup`` anyway.
+        cache: detection/segmentation: render every image once in ``setup`` and keep it in
+            memory (about ``4·H·W`` bytes an image: 2,048 images of 128×128 take 134 MB, and
+            about 10 s to render), so that no epoch renders again and no loader process
+            competes with training for the CPU. Turn off for very large ``num_train``: images
+            are then rendered on access, in the loader workers. Classification always renders
+            once in ``setup``.
     """
 
     def __init__(
@@ -251,7 +261,10 @@ class SyntheticShapesDataModule(BaseDataModule):
             return None
         if self.task == "classification":
             return BatchedTensorDataset(*self.dataset(split).tensors())
-        return self.dataset(split, cache=self.hparams.cache)
+        dataset = self.dataset(split, cache=self.hparams.cache)
+        if self.hparams.cache:
+            dataset.fill_cache()
+        return dataset
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Create (classification: render) the splits the stage needs."""

@@ -292,10 +292,12 @@ def test_cache_renders_each_image_once_and_returns_the_same_samples(task, monkey
     assert torch.equal(cached[0][0], plain[0][0])
 
 
-def test_datamodule_caches_detection_and_segmentation_only():
-    dm = SyntheticShapesDataModule(task="segmentation", num_train=4, num_val=4, batch_size=2)
+def test_datamodule_renders_detection_and_segmentation_once_in_setup():
+    dm = SyntheticShapesDataModule(task="segmentation", num_train=4, num_val=3, batch_size=2)
     dm.setup("fit")
-    assert dm.train_dataset._cache == {} and dm.val_dataset._cache == {}
+    assert len(dm.train_dataset._cache) == 4 and len(dm.val_dataset._cache) == 3
     off = SyntheticShapesDataModule(task="segmentation", num_train=4, num_val=4, cache=False)
     off.setup("fit")
     assert off.train_dataset._cache is None
+    with pytest.raises(RuntimeError, match="cache=True"):
+        off.train_dataset.fill_cache()
