@@ -72,9 +72,24 @@ class SaveRunConfig(SaveConfigCallback):
             path = Path(log_dir) / self.config_filename
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        self._wandb_config = config
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(config, allow_val_change=True)
                 saved = Path(log_dir or "") / self.config_filename
                 if saved.is_file():
                     logger.experiment.save(str(saved), base_path=str(saved.parent), policy="now")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Put the CLI's sections back on top of the W&B run's config.
+
+        Lightning logs the task's and DataModule's hyperparameters after ``setup``, into the
+        same W&B config: the task's ``model`` argument (a preset name such as ``"dcb_small"``)
+        would replace the CLI's ``model`` section there.
+        """
+        config = getattr(self, "_wandb_config", None)  # set on global rank 0 only
+        if config is None:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update(config, allow_val_change=True)

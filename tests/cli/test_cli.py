@@ -170,3 +170,15 @@ def test_wandb_mode_precedence(requested, env, expected, monkeypatch):
         monkeypatch.setenv("WANDB_MODE", env)
     monkeypatch.setattr(runs, "has_wandb_credentials", lambda: False)
     assert runs.resolve_wandb_mode(requested) == expected
+
+
+def test_wandb_run_config_keeps_the_cli_sections(tmp_path):
+    """Lightning's hyperparameter logging must not replace the CLI's ``model`` section."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    cli = main(["fit", *tiny_args(tmp_path, "--run.wandb", "offline", "--trainer.limit_val_batches", "0")])
+    logger = next(log for log in cli.trainer.loggers if isinstance(log, WandbLogger))
+    config = dict(logger.experiment.config)  # the (finished) run's final config
+    assert config["model"]["init_args"]["model"] == "dcb_small"
+    assert config["data"]["class_path"].endswith("SyntheticShapesDataModule")
+    assert config["trainer"]["max_epochs"] == 1
