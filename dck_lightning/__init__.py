@@ -2,6 +2,8 @@
 
 import os
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls the network on import otherwise
+os.environ.setdefault(
+    "NO_ALBUMENTATIONS_UPDATE", "1"
+)  # albumentations calls the network on import otherwise
 
 __version__ = "0.1.0"

@@ -39,12 +39,16 @@ KEPT_HEADING = "### "
 
 def make_batches(size: int, batch: int, count: int, device: torch.device) -> list[Any]:
     """``count`` normalised training batches of synthetic shapes (as the task's step sees them)."""
-    data = SyntheticShapesDataModule(task="detection", image_size=size, num_train=batch * count, batch_size=batch)
+    data = SyntheticShapesDataModule(
+        task="detection", image_size=size, num_train=batch * count, batch_size=batch
+    )
     data.setup("fit")
     out = []
     for images, targets in data.train_dataloader():
         images = images.to(device)
-        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        targets = [
+            {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets
+        ]
         out.append(data.on_after_batch_transfer((images, targets), 0))
     return out
 
@@ -95,7 +99,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     batches = make_batches(args.size, args.batch, 4, device)
     tasks = {name: make_task(name, args, device) for name in ("resnet18", "dcb_resnet18")}
-    optimizers = {name: torch.optim.AdamW(task.parameters(), lr=1e-3) for name, task in tasks.items()}
+    optimizers = {
+        name: torch.optim.AdamW(task.parameters(), lr=1e-3) for name, task in tasks.items()
+    }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in tasks}
     load_before = os.getloadavg()
     for name in tasks:  # warm-up
@@ -104,7 +110,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r in range(rounds):
         order = list(tasks) if r % 2 == 0 else list(reversed(tasks))
         for name in order:
-            times[name] += train_steps(tasks[name], optimizers[name], batches, args.round, r * args.round)
+            times[name] += train_steps(
+                tasks[name], optimizers[name], batches, args.round, r * args.round
+            )
     load_after = os.getloadavg()
     result: dict[str, Any] = {"load": (load_before[0], load_after[0])}
     for name, values in times.items():
@@ -116,7 +124,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in tasks[name].model.parameters()),
         }
     result["ratio"] = result["dcb_resnet18"]["images_per_s"] / result["resnet18"]["images_per_s"]
-    result["cpu_ratio"] = result["resnet18"]["median_cpu_s"] / result["dcb_resnet18"]["median_cpu_s"]
+    result["cpu_ratio"] = (
+        result["resnet18"]["median_cpu_s"] / result["dcb_resnet18"]["median_cpu_s"]
+    )
     return result
 
 
@@ -155,7 +165,7 @@ def write_section(path: Path, body: str) -> None:
     if SECTION_START in text and SECTION_END in text:
         head, rest = text.split(SECTION_START, 1)
         old, tail = rest.split(SECTION_END, 1)
-        kept = old[old.index(KEPT_HEADING):].strip() if KEPT_HEADING in old else ""
+        kept = old[old.index(KEPT_HEADING) :].strip() if KEPT_HEADING in old else ""
         section = f"{SECTION_START}\n{body}\n" + (f"\n{kept}\n" if kept else "") + SECTION_END
         text = head + section + tail
     else:
@@ -164,12 +174,16 @@ def write_section(path: Path, body: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detector", default="fcos", choices=["fcos", "retinanet", "faster_rcnn"])
     parser.add_argument("--size", type=int, default=128, help="image side")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--widths", type=int, nargs=4, default=[32, 64, 128, 256], help="backbone stage widths")
+    parser.add_argument(
+        "--widths", type=int, nargs=4, default=[32, 64, 128, 256], help="backbone stage widths"
+    )
     parser.add_argument("--dck-kernel-size", type=int, default=3)
     parser.add_argument("--dcb-stages", type=int, nargs="+", default=[3, 4])
     parser.add_argument("--fpn-levels", nargs="+", default=["c2", "c3", "c4", "c5"])
@@ -178,7 +192,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per backbone")
     parser.add_argument("--round", type=int, default=5, help="steps per backbone before switching")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads (default: torch's choice)"
+    )
     parser.add_argument("--write", type=Path, help="update this markdown file's detection section")
     args = parser.parse_args(argv)
     if args.threads:
@@ -187,7 +203,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     lines = table(args, result)
     print("\n".join(lines))
     if args.write:
-        command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+        command = "python " + " ".join(
+            [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
+        )
         body = "\n".join(
             [
                 "## Detection: FCOS training throughput, DCB vs plain backbone",

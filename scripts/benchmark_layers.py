@@ -43,7 +43,9 @@ SECTION = "benchmark_layers"  # BENCHMARKS.md section; CUDA results go to their 
 
 def section_markers(device: str) -> tuple[str, str]:
     """The BENCHMARKS.md markers of this device type's table, so CPU and GPU results coexist."""
-    name = SECTION if torch.device(device).type == "cpu" else f"{SECTION}_{torch.device(device).type}"
+    name = (
+        SECTION if torch.device(device).type == "cpu" else f"{SECTION}_{torch.device(device).type}"
+    )
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
@@ -127,7 +129,10 @@ def peak_memory_mb(layer: nn.Module, x: torch.Tensor) -> float:
         from torch.profiler import ProfilerActivity, profile
 
         os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with (
+            _quiet_stderr(),
+            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+        ):
             layer(x).sum().backward()
         # Running sum of the allocation (+) and free (-) records, in time order.
         records = sorted(
@@ -181,7 +186,10 @@ def layer_cases(channels: int, k: int) -> list[tuple[str, Callable[[], nn.Module
     if k == 7:
         cases.append(("DCK static, extent cropped to 3x3", lambda: cropped_dck(channels, k, 3)))
     cases += [
-        ("DCK adaptive, torch backend", lambda: DynamicConv2d(channels, channels, k, backend="torch")),
+        (
+            "DCK adaptive, torch backend",
+            lambda: DynamicConv2d(channels, channels, k, backend="torch"),
+        ),
         (
             "DCK adaptive, torchvision backend",
             lambda: DynamicConv2d(channels, channels, k, backend="torchvision"),
@@ -205,34 +213,41 @@ def run(args: argparse.Namespace) -> list[str]:
     start_load = os.getloadavg()[0]
     print(f"{torch.get_num_threads()} threads, load average at start: {start_load:.2f}", flush=True)
     lines = [
-        f"### {torch.get_num_threads()} thread(s)" if device.type == "cpu" else f"### {device.type}",
+        f"### {torch.get_num_threads()} thread(s)"
+        if device.type == "cpu"
+        else f"### {device.type}",
         "",
         "| k | layer | ms | × conv2d | rounds | peak MiB |",
         "|---|---|---|---|---|---|",
     ]
     for k in args.kernel_sizes:
         torch.manual_seed(0)
-        x = torch.randn(args.batch, args.channels, args.size, args.size, device=device, requires_grad=True)
+        x = torch.randn(
+            args.batch, args.channels, args.size, args.size, device=device, requires_grad=True
+        )
         cases = [
             (name, make)
             for name, make in layer_cases(args.channels, k)
             if name == BASELINE.format(k=k) or not args.only or any(s in name for s in args.only)
         ]
         layers = {name: make().to(device) for name, make in cases}
-        times = interleaved_times(layers, x, args.repeats, args.warmup, args.budget, args.min_repeats)
+        times = interleaved_times(
+            layers, x, args.repeats, args.warmup, args.budget, args.min_repeats
+        )
         baseline = times[BASELINE.format(k=k)]
         for name, layer in layers.items():
             seconds = statistics.median(times[name].values())
             ratio = paired_ratio(times[name], baseline)
             memory = peak_memory_mb(layer, x)
-            row = (
-                f"| {k} | {name} | {seconds * 1e3:.1f} | {ratio:.2f} | {len(times[name])} | {memory:.0f} |"
-            )
+            row = f"| {k} | {name} | {seconds * 1e3:.1f} | {ratio:.2f} | {len(times[name])} | {memory:.0f} |"
             print(row, flush=True)
             lines.append(row)
     end_load = os.getloadavg()[0]
     print(f"load average at end: {end_load:.2f}", flush=True)
-    lines += ["", f"Load average (1 min): {start_load:.2f} at the start, {end_load:.2f} at the end."]
+    lines += [
+        "",
+        f"Load average (1 min): {start_load:.2f} at the start, {end_load:.2f} at the end.",
+    ]
     return lines
 
 
@@ -248,7 +263,9 @@ def machine_description(device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--channels", type=int, default=64)
@@ -256,12 +273,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[3, 7])
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
-    parser.add_argument("--budget", type=float, default=5.0, help="seconds a round above which a layer gets fewer rounds")
-    parser.add_argument("--min-repeats", type=int, default=3, help="timed rounds of the slowest layers")
     parser.add_argument(
-        "--threads", type=int, nargs="+", help="one table per torch.set_num_threads value (default: torch's choice)"
+        "--budget",
+        type=float,
+        default=5.0,
+        help="seconds a round above which a layer gets fewer rounds",
     )
-    parser.add_argument("--only", nargs="+", help="time only the layers whose name contains one of these (and the baseline)")
+    parser.add_argument(
+        "--min-repeats", type=int, default=3, help="timed rounds of the slowest layers"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        help="one table per torch.set_num_threads value (default: torch's choice)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        help="time only the layers whose name contains one of these (and the baseline)",
+    )
     parser.add_argument("--write", type=Path, help="update this markdown file's layer section")
     args = parser.parse_args(argv)
     lines = [

@@ -75,15 +75,24 @@ def framework_epochs(data_dir: Path, run_root: Path, epochs: int) -> list[tuple[
     with mock.patch.object(sys, "argv", sys.argv[:1]):
         cli = dck(
             [
-                "fit", "-c", str(REPO / "configs" / "mnist_seed.yaml"),
-                "--data.init_args.data_dir", str(data_dir),
-                "--trainer.max_epochs", str(epochs),
-                "--trainer.limit_val_batches", "0",
-                "--trainer.enable_progress_bar", "false",
-                "--trainer.enable_model_summary", "false",
+                "fit",
+                "-c",
+                str(REPO / "configs" / "mnist_seed.yaml"),
+                "--data.init_args.data_dir",
+                str(data_dir),
+                "--trainer.max_epochs",
+                str(epochs),
+                "--trainer.limit_val_batches",
+                "0",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
                 "--trainer.callbacks+=dck_lightning.callbacks.EpochThroughput",
-                "--run.root", str(run_root),
-                "--run.wandb", "offline",
+                "--run.root",
+                str(run_root),
+                "--run.wandb",
+                "offline",
             ]
         )
     timer = next(c for c in cli.trainer.callbacks if isinstance(c, EpochThroughput))
@@ -93,7 +102,9 @@ def framework_epochs(data_dir: Path, run_root: Path, epochs: int) -> list[tuple[
 def plain_epochs(data_dir: Path, epochs: int, batch_size: int = 128) -> list[tuple[float, int]]:
     """The same SeedNet, data, batch size and optimiser in a hand-written loop."""
     torch.manual_seed(42)
-    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=batch_size, val_split=0.1, augment=False)
+    dm = MNISTDataModule(
+        data_dir=str(data_dir), batch_size=batch_size, val_split=0.1, augment=False
+    )
     dm.setup("fit")
     model = SeedNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -134,8 +145,12 @@ def data_images_per_sec(data_dir: Path, epochs: int = 2, batch_size: int = 128) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (at least 2: the first warms up)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs per run (at least 2: the first warms up)"
+    )
     parser.add_argument("--write", type=Path, help="update this markdown file's training section")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -166,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        command = "python scripts/benchmark_training.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python scripts/benchmark_training.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]
+        )
         body = "\n".join(
             [
                 "## Training: framework overhead and data throughput (mnist_seed.yaml)",

@@ -34,20 +34,35 @@ def split_t10k(mnist_dir: Path, data_dir: Path, n_train: int = 8000) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared" / "data" / "mnist-t10k")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--mnist-dir", type=Path, default=REPO.parent / "shared" / "data" / "mnist-t10k"
+    )
     parser.add_argument("--runs", default="runs")
     args, overrides = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         split_t10k(args.mnist_dir, Path(tmp))
-        common = ["-c", str(REPO / "configs" / "mnist_seed.yaml"), "--data.init_args.data_dir", tmp,
-                  "--run.root", args.runs, "--run.name", "mnist_seed_t10k", *overrides]
+        common = [
+            "-c",
+            str(REPO / "configs" / "mnist_seed.yaml"),
+            "--data.init_args.data_dir",
+            tmp,
+            "--run.root",
+            args.runs,
+            "--run.name",
+            "mnist_seed_t10k",
+            *overrides,
+        ]
         fit = dck(["fit", *common])
         best = fit.trainer.checkpoint_callback.best_model_path
         test = dck(["test", *common, "--run.wandb", "disabled", "--ckpt_path", best])
         accuracy = float(test.trainer.callback_metrics["test/acc"])
-    print(f"mnist_seed.yaml on the real t10k digits (train 0-7999 incl. 10% val, test 8000-9999): "
-          f"test accuracy {accuracy:.4f} (checkpoint {best})")
+    print(
+        f"mnist_seed.yaml on the real t10k digits (train 0-7999 incl. 10% val, test 8000-9999): "
+        f"test accuracy {accuracy:.4f} (checkpoint {best})"
+    )
 
 
 if __name__ == "__main__":

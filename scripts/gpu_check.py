@@ -122,7 +122,10 @@ def check_tasks_bf16() -> str:
     from dck_lightning.cli import main
 
     results = []
-    for config, metric in (("shapes_detection", "test/map_50"), ("shapes_segmentation", "test/miou")):
+    for config, metric in (
+        ("shapes_detection", "test/map_50"),
+        ("shapes_segmentation", "test/miou"),
+    ):
         with tempfile.TemporaryDirectory() as tmp:
             common = [
                 "-c", str(REPO / "configs" / f"{config}.yaml"),

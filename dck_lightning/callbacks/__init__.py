@@ -12,4 +12,10 @@ from .guards import NonFiniteLossError, NonFiniteLossGuard  # noqa: E402
 from .preemption import PreemptionCheckpoint  # noqa: E402
 from .resume import ResumeState  # noqa: E402
 
-__all__ += ["KernelVisualizationCallback", "NonFiniteLossError", "NonFiniteLossGuard", "PreemptionCheckpoint", "ResumeState"]
+__all__ += [
+    "KernelVisualizationCallback",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "PreemptionCheckpoint",
+    "ResumeState",
+]

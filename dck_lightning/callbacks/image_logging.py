@@ -68,7 +68,9 @@ class PredictionImageLogger(Callback):
 
     _log_dir = None  # set in setup()
 
-    def __init__(self, every_n_epochs: int = 1, max_images: int = 8, key: str = "val/predictions") -> None:
+    def __init__(
+        self, every_n_epochs: int = 1, max_images: int = 8, key: str = "val/predictions"
+    ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if max_images < 1:
@@ -106,7 +108,9 @@ class PredictionImageLogger(Callback):
         draw = getattr(pl_module, "prediction_images", None)
         if draw is None:
             if not self._warned:
-                rank_zero_warn(f"PredictionImageLogger: {type(pl_module).__name__} has no prediction_images(batch); nothing logged")
+                rank_zero_warn(
+                    f"PredictionImageLogger: {type(pl_module).__name__} has no prediction_images(batch); nothing logged"
+                )
                 self._warned = True
             return
         with torch.no_grad():
@@ -121,7 +125,9 @@ class PredictionImageLogger(Callback):
         images = [np.ascontiguousarray(image) for _, image in panels]
         if wandb_loggers:
             for logger in wandb_loggers:
-                logger.log_image(key=self.key, images=images, caption=captions, step=trainer.global_step)
+                logger.log_image(
+                    key=self.key, images=images, caption=captions, step=trainer.global_step
+                )
             return
         folder = Path(self._log_dir or trainer.default_root_dir) / "images"
         folder.mkdir(parents=True, exist_ok=True)

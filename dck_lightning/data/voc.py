@@ -143,7 +143,9 @@ class VOCDataModule(BaseDataModule, ABC):
             return
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         with file_lock(Path(self.data_dir) / ".prepare_data.lock"):
-            for image_set in dict.fromkeys(self.train_image_sets() + self.val_sets + self.test_sets):
+            for image_set in dict.fromkeys(
+                self.train_image_sets() + self.val_sets + self.test_sets
+            ):
                 if not missing_paths(self.required_paths(image_set)):
                     continue
                 try:

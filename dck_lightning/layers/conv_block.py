@@ -38,9 +38,13 @@ def make_conv(
     check_choice("conv", conv, CONV_TYPES)
     padding = kernel_size // 2
     if conv == "plain":
-        return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, **kwargs)
+        return nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, bias=bias, **kwargs
+        )
     if conv == "deform":
-        return DeformConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, **kwargs)
+        return DeformConv2d(
+            in_channels, out_channels, kernel_size, stride, padding, bias=bias, **kwargs
+        )
     return DynamicConv2d(
         in_channels,
         out_channels,
@@ -83,7 +87,13 @@ class ConvBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.conv = make_conv(
-            conv, in_channels, out_channels, kernel_size, stride, bias=norm_layer is None, **(conv_kwargs or {})
+            conv,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            bias=norm_layer is None,
+            **(conv_kwargs or {}),
         )
         self.norm = norm_layer(out_channels) if norm_layer is not None else nn.Identity()
         self.act = act_layer() if act_layer is not None else nn.Identity()

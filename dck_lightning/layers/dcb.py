@@ -37,7 +37,10 @@ def dck_mode(value: "str | bool") -> str:
 
 
 def dck_conv_args(
-    dck: str, dck_kernel_size: int, center_constraint: tuple[float, float], backend: Optional[Backend]
+    dck: str,
+    dck_kernel_size: int,
+    center_constraint: tuple[float, float],
+    backend: Optional[Backend],
 ) -> dict:
     """ConvBlock arguments of the DCK position for a DCK mode."""
     dck = dck_mode(dck)
@@ -94,7 +97,9 @@ class _DCBBase(nn.Module):
     def _third_conv(self, channels: int) -> nn.Module:
         """The deformable 3×3 convolution, or a plain one when ``deform=False``."""
         kind = "deform" if self.use_deform else "plain"
-        return make_conv(kind, channels, channels, 3, **(self._backend_kwargs if self.use_deform else {}))
+        return make_conv(
+            kind, channels, channels, 3, **(self._backend_kwargs if self.use_deform else {})
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -117,7 +122,9 @@ class DCB(_DCBBase):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, **kwargs) -> None:
         super().__init__(in_channels, out_channels, stride, **kwargs)
-        self.dck = ConvBlock(in_channels, out_channels, stride=stride, **self._dck_args, **self._layers)
+        self.dck = ConvBlock(
+            in_channels, out_channels, stride=stride, **self._dck_args, **self._layers
+        )
         self.conv = ConvBlock(out_channels, out_channels, 3, **self._layers)
         self.deform = nn.Sequential(
             self._third_conv(out_channels),
@@ -143,7 +150,12 @@ class ResidualDCB(_DCBBase):
         super().__init__(in_channels, out_channels, stride, **kwargs)
         norm_layer, act_layer = self._layers["norm_layer"], self._layers["act_layer"]
         self.dck = ConvBlock(
-            in_channels, out_channels, stride=stride, residual=False, **self._dck_args, **self._layers
+            in_channels,
+            out_channels,
+            stride=stride,
+            residual=False,
+            **self._dck_args,
+            **self._layers,
         )
         self.conv = ConvBlock(out_channels, out_channels, 3, residual=False, **self._layers)
         self.deform = self._third_conv(out_channels)
@@ -151,7 +163,8 @@ class ResidualDCB(_DCBBase):
         nn.init.zeros_(self.norm.weight)
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), norm_layer(out_channels)
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                norm_layer(out_channels),
             )
         else:
             self.shortcut = nn.Identity()

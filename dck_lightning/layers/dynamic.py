@@ -262,7 +262,10 @@ class DynamicConv2d(nn.Module):
         with torch.no_grad():
             m_y, m_x = self._axis_masks()
             kept = torch.stack(
-                ((m_y.amax(0) >= self.crop_threshold).sum(), (m_x.amax(0) >= self.crop_threshold).sum())
+                (
+                    (m_y.amax(0) >= self.crop_threshold).sum(),
+                    (m_x.amax(0) >= self.crop_threshold).sum(),
+                )
             ).tolist()
         return (kept[0] // 2, kept[1] // 2)
 
@@ -299,7 +302,9 @@ class DynamicConv2d(nn.Module):
         if self.localization is None:
             raise RuntimeError("position_parameters() needs adaptive=True")
         # Align the 3×3 localisation window with the centre of each output's receptive field.
-        align = tuple(d * (k - 1) // 2 - p for p, d, k in zip(self.padding, self.dilation, self.kernel_size))
+        align = tuple(
+            d * (k - 1) // 2 - p for p, d, k in zip(self.padding, self.dilation, self.kernel_size)
+        )
         return self.localization(pad_or_crop(x, (-align[0], -align[1])))
 
     def offsets(self, x: Tensor, radius: Optional[tuple[int, int]] = None) -> Tensor:

@@ -65,7 +65,9 @@ class GlobalFeatureExtractor(nn.Sequential):
         act_layer: Callable[..., nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 1, bias=False), norm_layer(out_channels), act_layer()
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            norm_layer(out_channels),
+            act_layer(),
         )
 
 

@@ -20,9 +20,13 @@ def dynamic_parameter_names(model: nn.Module) -> set[str]:
         if isinstance(module, DynamicConv2d):
             names.add(f"{prefix}extent")
             if module.localization is not None:
-                names.update(f"{prefix}localization.{n}" for n, _ in module.localization.named_parameters())
+                names.update(
+                    f"{prefix}localization.{n}" for n, _ in module.localization.named_parameters()
+                )
         elif isinstance(module, DeformConv2d):
-            names.update(f"{prefix}offset_conv.{n}" for n, _ in module.offset_conv.named_parameters())
+            names.update(
+                f"{prefix}offset_conv.{n}" for n, _ in module.offset_conv.named_parameters()
+            )
     return names
 
 

@@ -131,7 +131,14 @@ def deform_conv2d(
     backend = resolve_backend(backend, input)
     if backend == "torchvision":
         return torchvision.ops.deform_conv2d(
-            input, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask
+            input,
+            offset,
+            weight,
+            bias,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            mask=mask,
         )
     return _deform_conv2d_torch(input, offset, weight, bias, stride, padding, dilation, mask)
 
@@ -268,7 +275,9 @@ def _bilinear_backward(
     return grad_y, grad_x, grad_mask
 
 
-Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
+Geometry = tuple[
+    tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]
+]
 
 
 def _samples(
@@ -285,7 +294,12 @@ def _samples(
 
 
 def _deform_matmul(
-    table: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor, bias: Optional[Tensor], geometry: Geometry
+    table: Tensor,
+    offset: Tensor,
+    mask: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor],
+    geometry: Geometry,
 ) -> Tensor:
     """``cols @ weight (+ bias)`` by autograd; ``cols [B·out_h·out_w, K·C]`` the sampled im2col matrix.
 
@@ -300,8 +314,14 @@ def _deform_matmul(
     else:
         # CUDA's embedding_bag has no bfloat16 backward for per-sample weights: off the CPU
         # the gather runs in float32 at least and only the matmul in the low precision.
-        gather = table.dtype if table.device.type == "cpu" else torch.promote_types(table.dtype, torch.float32)
-        cols = F.embedding_bag(index, table.to(gather), per_sample_weights=weights.to(gather), mode="sum")
+        gather = (
+            table.dtype
+            if table.device.type == "cpu"
+            else torch.promote_types(table.dtype, torch.float32)
+        )
+        cols = F.embedding_bag(
+            index, table.to(gather), per_sample_weights=weights.to(gather), mode="sum"
+        )
         cols = cols.to(table.dtype)
     cols = cols.view(y.shape[:3].numel(), -1)
     return cols @ weight if bias is None else torch.addmm(bias, cols, weight)
@@ -344,7 +364,9 @@ class _DeformMatmulCPU(torch.autograd.Function):
         out = table.new_empty(rows, weight.shape[1])
         for start, stop in _chunks(rows, weight.shape[0] * table.element_size()):
             samples = slice(start * per_row, stop * per_row)
-            cols = F.embedding_bag(index[samples], table, per_sample_weights=weights[samples], mode="sum")
+            cols = F.embedding_bag(
+                index[samples], table, per_sample_weights=weights[samples], mode="sum"
+            )
             if bias is None:
                 torch.mm(cols.view(stop - start, -1), weight, out=out[start:stop])
             else:
@@ -365,7 +387,11 @@ class _DeformMatmulCPU(torch.autograd.Function):
         # The sparse kernels run in float32/float64 only.
         dtype = torch.promote_types(table.dtype, torch.float32)
         table_rows, channels = table.shape
-        sparse_table, flat_index, flat_weights = table.to(dtype), index.view(-1), weights.view(-1).to(dtype)
+        sparse_table, flat_index, flat_weights = (
+            table.to(dtype),
+            index.view(-1),
+            weights.view(-1).to(dtype),
+        )
         grad_table = table.new_zeros(table.shape, dtype=dtype) if need_table else None
         # The weight gradient is accumulated transposed, [out, in]: a faster product in chunks.
         grad_weight_t = weight.new_zeros(weight.shape[::-1]) if need_weight else None
@@ -376,10 +402,15 @@ class _DeformMatmulCPU(torch.autograd.Function):
             row_start = torch.arange(0, 4 * most + 1, 4, device=index.device)
         for start, stop in chunks:
             n = (stop - start) * per_row
-            samples, entries = slice(start * per_row, stop * per_row), slice(4 * start * per_row, 4 * stop * per_row)
+            samples, entries = (
+                slice(start * per_row, stop * per_row),
+                slice(4 * start * per_row, 4 * stop * per_row),
+            )
             grad = grad_out[start:stop]
             if need_weight:
-                cols = F.embedding_bag(index[samples], table, per_sample_weights=weights[samples], mode="sum")
+                cols = F.embedding_bag(
+                    index[samples], table, per_sample_weights=weights[samples], mode="sum"
+                )
                 grad_weight_t.addmm_(grad.t(), cols.view(stop - start, -1))
             if not (need_table or need_dots):
                 continue
@@ -396,7 +427,11 @@ class _DeformMatmulCPU(torch.autograd.Function):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
                     s = torch.sparse_csr_tensor(
-                        row_start[: n + 1], flat_index[entries], dots.view(-1)[entries], (n, table_rows), check_invariants=False
+                        row_start[: n + 1],
+                        flat_index[entries],
+                        dots.view(-1)[entries],
+                        (n, table_rows),
+                        check_invariants=False,
                     )
                 torch.sparse.sampled_addmm(s, grad_cols, sparse_table.t(), beta=0.0, out=s)
         grad_offset = grad_mask = None
@@ -405,7 +440,9 @@ class _DeformMatmulCPU(torch.autograd.Function):
             grad_y, grad_x, grad_rows_mask = _bilinear_backward(dots, y, x, rows_mask)
             if need_offset:  # zero where the clamp was active; back to [B, G, K, 2, out_h, out_w]
                 grad_yx = torch.stack((grad_y * (y == y_raw), grad_x * (x == x_raw)), dim=-1)
-                grad_offset = grad_yx.permute(0, 4, 3, 5, 1, 2).reshape(offset.shape).to(offset.dtype)
+                grad_offset = (
+                    grad_yx.permute(0, 4, 3, 5, 1, 2).reshape(offset.shape).to(offset.dtype)
+                )
             if need_mask:
                 grad_mask = grad_rows_mask.permute(0, 4, 3, 1, 2).reshape(mask.shape).to(mask.dtype)
         grad_table = grad_table.to(table.dtype) if need_table else None
@@ -426,7 +463,9 @@ def _im2col_weight(weight: Tensor, groups: int) -> Tensor:
         return matrix.reshape(-1, out_channels)
     blocks = matrix.view(kh * kw, channels_per_group, groups, out_channels // groups)
     eye = torch.eye(groups, device=weight.device, dtype=weight.dtype)
-    full = torch.einsum("kcgo,hg->khcgo", blocks, eye)  # [K, groups(in), C/groups, groups(out), O/groups]
+    full = torch.einsum(
+        "kcgo,hg->khcgo", blocks, eye
+    )  # [K, groups(in), C/groups, groups(out), O/groups]
     return full.reshape(kh * kw * groups * channels_per_group, out_channels)
 
 
@@ -460,13 +499,19 @@ def _deform_conv2d_torch(
     dtype = torch.promote_types(input.dtype, weight.dtype)
     if torch.is_autocast_enabled(input.device.type):
         dtype = torch.get_autocast_dtype(input.device.type)
-    channels_last = input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+    channels_last = (
+        input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+    )
     with torch.autocast(input.device.type, enabled=False):
         table = padded_table(input.to(dtype), offset_groups)
         matrix = _im2col_weight(weight.to(dtype), in_channels // channels_per_group)
         bias = None if bias is None else bias.to(dtype)
         cols_bytes = batch * out_h * out_w * matrix.shape[0] * table.element_size()
-        if input.device.type == "cpu" and cols_bytes > FUSED_MIN_BYTES and not torch.onnx.is_in_onnx_export():
+        if (
+            input.device.type == "cpu"
+            and cols_bytes > FUSED_MIN_BYTES
+            and not torch.onnx.is_in_onnx_export()
+        ):
             out = _DeformMatmulCPU.apply(table, offset, mask, matrix, bias, geometry)
         else:
             out = _deform_matmul(table, offset, mask, matrix, bias, geometry)

@@ -35,16 +35,24 @@ def _basic_stage(in_channels: int, out_channels: int, depth: int, stride: int) -
         downsample = None
         if block_stride != 1 or block_in != out_channels:
             downsample = nn.Sequential(
-                nn.Conv2d(block_in, out_channels, 1, block_stride, bias=False), nn.BatchNorm2d(out_channels)
+                nn.Conv2d(block_in, out_channels, 1, block_stride, bias=False),
+                nn.BatchNorm2d(out_channels),
             )
         blocks.append(BasicBlock(block_in, out_channels, block_stride, downsample))
     return nn.Sequential(*blocks)
 
 
-def _dcb_stage(in_channels: int, out_channels: int, depth: int, stride: int, **dcb_kwargs) -> nn.Sequential:
+def _dcb_stage(
+    in_channels: int, out_channels: int, depth: int, stride: int, **dcb_kwargs
+) -> nn.Sequential:
     return nn.Sequential(
         *(
-            ResidualDCB(in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1, **dcb_kwargs)
+            ResidualDCB(
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                stride if i == 0 else 1,
+                **dcb_kwargs,
+            )
             for i in range(depth)
         )
     )
@@ -120,7 +128,9 @@ class DCBNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(widths) != 4 or len(depths) != 4:
-            raise ValueError(f"widths and depths need 4 entries (one per stage), got {widths} and {depths}")
+            raise ValueError(
+                f"widths and depths need 4 entries (one per stage), got {widths} and {depths}"
+            )
         if not set(dcb_stages) <= {1, 2, 3, 4}:
             raise ValueError(f"dcb_stages must be stage numbers in 1..4, got {list(dcb_stages)}")
         dck = dck_mode(dck)

@@ -39,10 +39,18 @@ class ImageClassifier(nn.Module):
         pool: str = "avg",
     ) -> None:
         super().__init__()
-        names = list(backbone.out_channels) if feature == "all" else [feature] if isinstance(feature, str) else list(feature)
+        names = (
+            list(backbone.out_channels)
+            if feature == "all"
+            else [feature]
+            if isinstance(feature, str)
+            else list(feature)
+        )
         unknown = [name for name in names if name not in backbone.out_channels]
         if unknown or not names:
-            raise ValueError(f"feature must be 'all' or among {list(backbone.out_channels)}, got {feature!r}")
+            raise ValueError(
+                f"feature must be 'all' or among {list(backbone.out_channels)}, got {feature!r}"
+            )
         self.backbone = backbone
         self.features = names
         check_choice("pool", pool, ("avg", "max", "avgmax"))
@@ -50,7 +58,9 @@ class ImageClassifier(nn.Module):
         pools["avgmax"] = pools["avg"] + pools["max"]
         self.pools = nn.ModuleList(pools[pool])
         channels = sum(backbone.out_channels[name] for name in names) * len(self.pools)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.backbone(x)

@@ -82,7 +82,9 @@ class PassthroughTransform(GeneralizedRCNNTransform):
     """
 
     def __init__(self, size_divisible: int = 32) -> None:
-        super().__init__(min_size=1, max_size=1, image_mean=[0.0], image_std=[1.0], size_divisible=size_divisible)
+        super().__init__(
+            min_size=1, max_size=1, image_mean=[0.0], image_std=[1.0], size_divisible=size_divisible
+        )
 
     def normalize(self, image: Tensor) -> Tensor:
         if not image.is_floating_point():
@@ -98,7 +100,9 @@ class PassthroughTransform(GeneralizedRCNNTransform):
         return f"{type(self).__name__}(size_divisible={self.size_divisible})"
 
 
-def make_anchor_generator(detector: str, strides: Sequence[int], anchor_scale: float) -> AnchorGenerator:
+def make_anchor_generator(
+    detector: str, strides: Sequence[int], anchor_scale: float
+) -> AnchorGenerator:
     """Anchors sized for the pyramid levels' ``strides`` (see the module docstring)."""
     if detector == "fcos":
         sizes = tuple((anchor_scale * s,) for s in strides)
@@ -150,12 +154,16 @@ class Detector(nn.Module):
         for target in targets:
             boxes = target["boxes"].float().reshape(-1, 4)
             labels = target["labels"].long()
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # torchvision rejects degenerate boxes
+            keep = (boxes[:, 2] > boxes[:, 0]) & (
+                boxes[:, 3] > boxes[:, 1]
+            )  # torchvision rejects degenerate boxes
             shifted.append({"boxes": boxes[keep], "labels": labels[keep] + 1})
         return shifted
 
     def forward(
-        self, images: Union[Tensor, Sequence[Tensor]], targets: Optional[Sequence[dict[str, Tensor]]] = None
+        self,
+        images: Union[Tensor, Sequence[Tensor]],
+        targets: Optional[Sequence[dict[str, Tensor]]] = None,
     ) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
         """Args:
         images: ``Tensor[B, C, H, W]`` (or a list of ``Tensor[C, H, W]``), normalised.
@@ -169,7 +177,9 @@ class Detector(nn.Module):
         detections = self.detector(images)
         out = []
         for detection in detections:
-            keep = detection["labels"] > 0  # FCOS/RetinaNet could in principle score the unused slot 0
+            keep = (
+                detection["labels"] > 0
+            )  # FCOS/RetinaNet could in principle score the unused slot 0
             out.append(
                 {
                     "boxes": detection["boxes"][keep],
@@ -238,32 +248,53 @@ def create_detector(
     scale = DEFAULT_ANCHOR_SCALE[detector] if anchor_scale is None else float(anchor_scale)
     anchors = make_anchor_generator(detector, body.strides, scale)
     n_out = num_classes + 1  # slot 0 = background
-    common: dict[str, Any] = {"min_size": 1, "max_size": 1}  # replaced by PassthroughTransform below
+    common: dict[str, Any] = {
+        "min_size": 1,
+        "max_size": 1,
+    }  # replaced by PassthroughTransform below
     if detector == "fcos":
         # FCOSHead hard-codes GroupNorm(32, C): build its towers with a norm that fits any C (see _group_norm).
         head = FCOSHead(fpn_channels, 1, n_out, num_convs=0)
         norm = _group_norm(fpn_channels)
-        head.classification_head = FCOSClassificationHead(fpn_channels, 1, n_out, head_convs, norm_layer=norm)
+        head.classification_head = FCOSClassificationHead(
+            fpn_channels, 1, n_out, head_convs, norm_layer=norm
+        )
         head.regression_head = FCOSRegressionHead(fpn_channels, 1, head_convs, norm_layer=norm)
         model: nn.Module = FCOS(
-            body, n_out, anchor_generator=anchors, head=head, score_thresh=score_thresh,
-            nms_thresh=0.6 if nms_thresh is None else nms_thresh, detections_per_img=detections_per_img, **common,
+            body,
+            n_out,
+            anchor_generator=anchors,
+            head=head,
+            score_thresh=score_thresh,
+            nms_thresh=0.6 if nms_thresh is None else nms_thresh,
+            detections_per_img=detections_per_img,
+            **common,
         )
     elif detector == "retinanet":
         head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], n_out)
         head.classification_head.conv = head.classification_head.conv[:head_convs]
         head.regression_head.conv = head.regression_head.conv[:head_convs]
         model = RetinaNet(
-            body, n_out, anchor_generator=anchors, head=head, score_thresh=score_thresh,
-            nms_thresh=0.5 if nms_thresh is None else nms_thresh, detections_per_img=detections_per_img, **common,
+            body,
+            n_out,
+            anchor_generator=anchors,
+            head=head,
+            score_thresh=score_thresh,
+            nms_thresh=0.5 if nms_thresh is None else nms_thresh,
+            detections_per_img=detections_per_img,
+            **common,
         )
     else:
         roi_pool = MultiScaleRoIAlign(featmap_names=list(levels), output_size=7, sampling_ratio=2)
         model = FasterRCNN(
-            body, n_out, rpn_anchor_generator=anchors, box_roi_pool=roi_pool, box_score_thresh=score_thresh,
-            box_nms_thresh=0.5 if nms_thresh is None else nms_thresh, box_detections_per_img=detections_per_img,
+            body,
+            n_out,
+            rpn_anchor_generator=anchors,
+            box_roi_pool=roi_pool,
+            box_score_thresh=score_thresh,
+            box_nms_thresh=0.5 if nms_thresh is None else nms_thresh,
+            box_detections_per_img=detections_per_img,
             **common,
         )
     model.transform = PassthroughTransform()
     return Detector(model, detector)
-

@@ -54,7 +54,9 @@ class BackboneWithFPN(nn.Module):
         super().__init__()
         unknown = [level for level in levels if level not in backbone.out_channels]
         if unknown:
-            raise ValueError(f"levels {unknown} are not backbone features; choose from {list(backbone.out_channels)}")
+            raise ValueError(
+                f"levels {unknown} are not backbone features; choose from {list(backbone.out_channels)}"
+            )
         self.body = backbone
         self.levels = tuple(levels)
         self.fpn = FeaturePyramidNetwork(

@@ -61,7 +61,13 @@ def create_classifier(
     if name == "seednet":
         return SeedNet(in_channels=in_channels, num_classes=num_classes, **kwargs)
     if name not in _PRESETS:
-        raise ValueError(f"unknown model {name!r}; choose one of {[*CLASSIFIERS, *list_backbones()]}")
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {[*CLASSIFIERS, *list_backbones()]}"
+        )
     return ImageClassifier(
-        create_backbone(name, in_channels=in_channels, **kwargs), num_classes, feature=feature, dropout=dropout, pool=pool
+        create_backbone(name, in_channels=in_channels, **kwargs),
+        num_classes,
+        feature=feature,
+        dropout=dropout,
+        pool=pool,
     )

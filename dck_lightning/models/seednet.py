@@ -44,7 +44,13 @@ class SeedNet(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             DynamicConv2d(
-                in_channels, 32, 7, padding="valid", center_constraint=(2, 2), adaptive=adaptive, backend=backend
+                in_channels,
+                32,
+                7,
+                padding="valid",
+                center_constraint=(2, 2),
+                adaptive=adaptive,
+                backend=backend,
             ),
             nn.MaxPool2d(2),
             DynamicConv2d(32, 64, 3, padding="same", adaptive=adaptive, backend=backend),

@@ -47,7 +47,12 @@ class ClassificationTask(BaseTask):
     ) -> None:
         self.model_name, self.model_kwargs = model, dict(model_kwargs or {})
         super().__init__(
-            num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval
+            num_classes,
+            in_channels,
+            optimizer,
+            lr_scheduler,
+            dynamic_lr_factor,
+            lr_scheduler_interval,
         )
 
     def configure_models(self) -> None:
@@ -73,12 +78,21 @@ class ClassificationTask(BaseTask):
         self.test_per_class = MulticlassAccuracy(n, average=None)
         self.test_confusion = MulticlassConfusionMatrix(n)
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor, Tensor]:
+    def _shared_step(
+        self, batch: tuple[Tensor, Tensor], stage: str
+    ) -> tuple[Tensor, Tensor, Tensor]:
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 sync_dist=stage != "train", batch_size=labels.shape[0])
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=stage != "train",
+            batch_size=labels.shape[0],
+        )
         return loss, logits, labels
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -100,7 +114,9 @@ class ClassificationTask(BaseTask):
         self.log_dict(self.test_metrics, on_epoch=True)
 
     def class_names(self) -> list[str]:
-        names = self.hparams.class_names or getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
+        names = self.hparams.class_names or getattr(
+            getattr(self._trainer, "datamodule", None), "class_names", None
+        )
         return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
 
     def on_test_epoch_end(self) -> None:

@@ -39,10 +39,26 @@ Batch = tuple[Tensor, list[dict[str, Any]]]
 
 #: Distinct class colours (RGB) for the drawn boxes, cycled over class indices.
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
 )
 
 
@@ -57,7 +73,9 @@ def coco_map(**kwargs: Any) -> MeanAveragePrecision:
     """COCO mAP (``faster_coco_eval`` backend) that reproduces pycocotools' numbers exactly."""
     kwargs.setdefault("iou_thresholds", COCO_IOU_THRESHOLDS)
     kwargs.setdefault("rec_thresholds", COCO_REC_THRESHOLDS)
-    return MeanAveragePrecision(backend="faster_coco_eval", iou_type="bbox", box_format="xyxy", **kwargs)
+    return MeanAveragePrecision(
+        backend="faster_coco_eval", iou_type="bbox", box_format="xyxy", **kwargs
+    )
 
 
 def metric_targets(targets: Sequence[dict[str, Any]]) -> list[dict[str, Tensor]]:
@@ -66,8 +84,14 @@ def metric_targets(targets: Sequence[dict[str, Any]]) -> list[dict[str, Tensor]]
     for target in targets:
         labels = target["labels"].long()
         difficult = target.get("difficult")
-        iscrowd = torch.zeros_like(labels) if difficult is None else difficult.to(labels.device, torch.long)
-        out.append({"boxes": target["boxes"].float().reshape(-1, 4), "labels": labels, "iscrowd": iscrowd})
+        iscrowd = (
+            torch.zeros_like(labels)
+            if difficult is None
+            else difficult.to(labels.device, torch.long)
+        )
+        out.append(
+            {"boxes": target["boxes"].float().reshape(-1, 4), "labels": labels, "iscrowd": iscrowd}
+        )
     return out
 
 
@@ -131,7 +155,12 @@ class DetectionTask(BaseTask):
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         super().__init__(
-            num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval
+            num_classes,
+            in_channels,
+            optimizer,
+            lr_scheduler,
+            dynamic_lr_factor,
+            lr_scheduler_interval,
         )
 
     def configure_models(self) -> None:
@@ -182,7 +211,9 @@ class DetectionTask(BaseTask):
     def _log_map(self, results: dict[str, Tensor], stage: str) -> None:
         # Plain floats: identical on every rank (compute() gathered), logged on the module's device.
         for key in ("map", "map_50", "map_75", "mar_100"):
-            self.log(f"{stage}/{key}", float(results[key]), prog_bar=key == "map_50", sync_dist=True)
+            self.log(
+                f"{stage}/{key}", float(results[key]), prog_bar=key == "map_50", sync_dist=True
+            )
 
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map.compute(), "val")
@@ -201,7 +232,9 @@ class DetectionTask(BaseTask):
         self.test_map.reset()
         self.test_map_50.reset()
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
         """Detections in ORIGINAL image coordinates, one dict per image.
 
         Returns:
@@ -224,17 +257,25 @@ class DetectionTask(BaseTask):
                 boxes[:, 1::2] = boxes[:, 1::2].clamp(0, orig_h)
             if "image_id" in target:
                 item["image_id"] = target["image_id"]
-            item.update(boxes=boxes.cpu(), labels=detection["labels"].cpu(), scores=detection["scores"].cpu())
+            item.update(
+                boxes=boxes.cpu(),
+                labels=detection["labels"].cpu(),
+                scores=detection["scores"].cpu(),
+            )
             out.append(item)
         return out
 
     # -- reporting ---------------------------------------------------------------------
     def class_names(self) -> list[str]:
-        names = self.hparams.class_names or getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
+        names = self.hparams.class_names or getattr(
+            getattr(self._trainer, "datamodule", None), "class_names", None
+        )
         return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
 
     def _statistics(self, channels: int) -> tuple[Tensor, Tensor]:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = (
+            getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        )
         mean = getattr(datamodule, "mean", None) or (0.0,) * channels
         std = getattr(datamodule, "std", None) or (1.0,) * channels
         return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
@@ -244,7 +285,13 @@ class DetectionTask(BaseTask):
             return pixels
         colors = [PALETTE[int(label) % len(PALETTE)] for label in labels]
         return draw_bounding_boxes(
-            pixels, boxes, labels=texts, colors=colors, width=2, fill_labels=True, label_colors="black"
+            pixels,
+            boxes,
+            labels=texts,
+            colors=colors,
+            width=2,
+            fill_labels=True,
+            label_colors="black",
         )
 
     @torch.no_grad()
@@ -268,7 +315,12 @@ class DetectionTask(BaseTask):
             self.model.train(was_training)
         names = self.class_names()
         mean, std = self._statistics(images.shape[1])
-        pixels_all = ((images.detach().float().cpu() * std + mean) * 255).clamp(0, 255).round().to(torch.uint8)
+        pixels_all = (
+            ((images.detach().float().cpu() * std + mean) * 255)
+            .clamp(0, 255)
+            .round()
+            .to(torch.uint8)
+        )
         if pixels_all.shape[1] == 1:
             pixels_all = pixels_all.expand(-1, 3, -1, -1)
         factor = max(1, math.ceil(self.display_min_side / min(images.shape[-2:])))
@@ -283,12 +335,16 @@ class DetectionTask(BaseTask):
         for index, (pixels, target, detection) in enumerate(zip(pixels_all, targets, detections)):
             gt_labels = target["labels"].cpu()
             difficult = target.get("difficult", torch.zeros_like(gt_labels, dtype=torch.bool)).cpu()
-            gt_texts = [name(lab) + (" (difficult)" if d else "") for lab, d in zip(gt_labels, difficult)]
+            gt_texts = [
+                name(lab) + (" (difficult)" if d else "") for lab, d in zip(gt_labels, difficult)
+            ]
             gt = self._draw(pixels, target["boxes"].float().cpu() * factor, gt_labels, gt_texts)
             keep = detection["scores"] >= self.display_score_thresh
             labels, scores = detection["labels"][keep].cpu(), detection["scores"][keep].cpu()
             texts = [f"{name(lab)} {score:.2f}" for lab, score in zip(labels, scores)]
-            pred = self._draw(pixels, detection["boxes"][keep].float().cpu() * factor, labels, texts)
+            pred = self._draw(
+                pixels, detection["boxes"][keep].float().cpu() * factor, labels, texts
+            )
             separator = torch.full((3, pixels.shape[1], 4), 255, dtype=torch.uint8)
             panel = torch.cat([gt, separator, pred], dim=2).permute(1, 2, 0).contiguous().numpy()
             image_id = target.get("image_id", index)

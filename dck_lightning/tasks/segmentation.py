@@ -119,7 +119,12 @@ class SegmentationTask(BaseTask):
                 f"loss weights must be >= 0, got aux_weight={aux_weight}, dice_weight={dice_weight}"
             )
         super().__init__(
-            num_classes, in_channels, optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval
+            num_classes,
+            in_channels,
+            optimizer,
+            lr_scheduler,
+            dynamic_lr_factor,
+            lr_scheduler_interval,
         )
 
     # -- model, loss, metrics ----------------------------------------------------------------

@@ -28,10 +28,15 @@ class Drawing:
     def prediction_images(self, batch):
         images, targets = batch
         self.calls.append(images.shape[0])
-        return [(f"image {t['image_id']}", np.full((10, 21, 3), 40 * i, dtype=np.uint8)) for i, t in enumerate(targets)]
+        return [
+            (f"image {t['image_id']}", np.full((10, 21, 3), 40 * i, dtype=np.uint8))
+            for i, t in enumerate(targets)
+        ]
 
 
-def fake_trainer(tmp_path: Path, epoch: int = 0, sanity: bool = False, rank_zero: bool = True, loggers=()):
+def fake_trainer(
+    tmp_path: Path, epoch: int = 0, sanity: bool = False, rank_zero: bool = True, loggers=()
+):
     return SimpleNamespace(
         sanity_checking=sanity,
         current_epoch=epoch,
@@ -51,7 +56,9 @@ def test_writes_pngs_without_wandb(tmp_path: Path) -> None:
     callback, module = PredictionImageLogger(every_n_epochs=2, max_images=3), Drawing()
     for epoch in range(4):
         for batch_idx in range(2):
-            callback.on_validation_batch_end(fake_trainer(tmp_path, epoch), module, None, batch(), batch_idx)
+            callback.on_validation_batch_end(
+                fake_trainer(tmp_path, epoch), module, None, batch(), batch_idx
+            )
     # epochs 2 and 4 (1-based), first batch only, 3 images each
     assert module.calls == [3, 3]
     files = sorted(p.name for p in (tmp_path / "images").glob("*.png"))
@@ -64,8 +71,12 @@ def test_writes_pngs_without_wandb(tmp_path: Path) -> None:
 def test_skips_sanity_check_other_ranks_and_modules_without_images(tmp_path: Path) -> None:
     callback, module = PredictionImageLogger(), Drawing()
     callback.on_validation_batch_end(fake_trainer(tmp_path, sanity=True), module, None, batch(), 0)
-    callback.on_validation_batch_end(fake_trainer(tmp_path, rank_zero=False), module, None, batch(), 0)
-    callback.on_validation_batch_end(fake_trainer(tmp_path), module, None, batch(), 0, dataloader_idx=1)
+    callback.on_validation_batch_end(
+        fake_trainer(tmp_path, rank_zero=False), module, None, batch(), 0
+    )
+    callback.on_validation_batch_end(
+        fake_trainer(tmp_path), module, None, batch(), 0, dataloader_idx=1
+    )
     assert module.calls == []
     with pytest.warns(UserWarning, match="no prediction_images"):
         callback.on_validation_batch_end(fake_trainer(tmp_path), object(), None, batch(), 0)
@@ -98,7 +109,9 @@ def test_logs_to_an_offline_wandb_run(tmp_path: Path) -> None:
         head_convs=1,
         num_classes=6,
     )
-    data = SyntheticShapesDataModule(task="detection", image_size=32, num_train=2, num_val=2, num_test=2, batch_size=2)
+    data = SyntheticShapesDataModule(
+        task="detection", image_size=32, num_train=2, num_val=2, num_test=2, batch_size=2
+    )
     wandb.finish()  # a run left open by another test would be reused
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="test")
     trainer = pl.Trainer(

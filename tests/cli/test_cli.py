@@ -21,17 +21,28 @@ TINY_MODEL = '{"widths": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "dck_kernel_si
 
 def tiny_args(root: Path, *extra: str) -> list[str]:
     return [
-        "--run.root", str(root),
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--model.init_args.model_kwargs", TINY_MODEL,
-        "--data.init_args.image_size", "16",
-        "--data.init_args.num_train", "32",
-        "--data.init_args.num_val", "16",
-        "--data.init_args.num_test", "16",
-        "--data.init_args.batch_size", "8",
+        "--run.root",
+        str(root),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--model.init_args.model_kwargs",
+        TINY_MODEL,
+        "--data.init_args.image_size",
+        "16",
+        "--data.init_args.num_train",
+        "32",
+        "--data.init_args.num_val",
+        "16",
+        "--data.init_args.num_test",
+        "16",
+        "--data.init_args.batch_size",
+        "8",
         *extra,
     ]
 
@@ -52,7 +63,9 @@ def test_every_config_parses(config, capsys):
 
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[f"{p.parent.name}/{p.name}" for p in SNIPPETS])
 def test_snippets_combine_with_a_config(snippet, capsys):
-    resolved = print_config(capsys, "-c", str(REPO / "configs" / "mnist_seed.yaml"), "-c", str(snippet))
+    resolved = print_config(
+        capsys, "-c", str(REPO / "configs" / "mnist_seed.yaml"), "-c", str(snippet)
+    )
     section = yaml.safe_load(snippet.read_text())
     for key, values in section.items():
         for name, value in values.items():
@@ -92,15 +105,29 @@ def test_fit_then_validate_test_predict_from_the_checkpoint(tmp_path, capsys):
     assert saved["model"]["init_args"]["model"] == "dcb_small"
 
     for command in ("validate", "test", "predict"):
-        main([command, *tiny_args(tmp_path, "--run.name", "shapes", "--run.wandb", "disabled"), "--ckpt_path", str(last)])
+        main(
+            [
+                command,
+                *tiny_args(tmp_path, "--run.name", "shapes", "--run.wandb", "disabled"),
+                "--ckpt_path",
+                str(last),
+            ]
+        )
     assert "Finished test: test/acc" in capsys.readouterr().out
     # Each command got its own run folder; the training run is untouched.
-    assert sorted(p.name for p in (tmp_path / "shapes").iterdir()) == [f"version_{i}" for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "shapes").iterdir()) == [
+        f"version_{i}" for i in range(4)
+    ]
 
 
 def test_run_folders_are_never_reused(tmp_path):
     for _ in range(2):
-        main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled", "--trainer.limit_val_batches", "0")])
+        main(
+            [
+                "fit",
+                *tiny_args(tmp_path, "--run.wandb", "disabled", "--trainer.limit_val_batches", "0"),
+            ]
+        )
     runs = sorted((tmp_path / "default").iterdir())
     assert [p.name for p in runs] == ["version_0", "version_1"]
     assert all((p / "checkpoints" / "last.ckpt").is_file() for p in runs)
@@ -111,8 +138,14 @@ def test_resume_into_the_same_run_keeps_the_first_config(tmp_path):
     run_dir = tmp_path / "default" / "version_0"
     first_config = (run_dir / "config.yaml").read_text()
     first_rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
-    main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled", "--trainer.max_epochs", "2"),
-          "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    main(
+        [
+            "fit",
+            *tiny_args(tmp_path, "--run.wandb", "disabled", "--trainer.max_epochs", "2"),
+            "--ckpt_path",
+            str(run_dir / "checkpoints" / "last.ckpt"),
+        ]
+    )
     assert (run_dir / "config.yaml").read_text() == first_config
     assert (run_dir / "config_1.yaml").is_file()
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
@@ -176,7 +209,9 @@ def test_wandb_run_config_keeps_the_cli_sections(tmp_path):
     """Lightning's hyperparameter logging must not replace the CLI's ``model`` section."""
     from pytorch_lightning.loggers import WandbLogger
 
-    cli = main(["fit", *tiny_args(tmp_path, "--run.wandb", "offline", "--trainer.limit_val_batches", "0")])
+    cli = main(
+        ["fit", *tiny_args(tmp_path, "--run.wandb", "offline", "--trainer.limit_val_batches", "0")]
+    )
     logger = next(log for log in cli.trainer.loggers if isinstance(log, WandbLogger))
     config = dict(logger.experiment.config)  # the (finished) run's final config
     assert config["model"]["init_args"]["model"] == "dcb_small"

@@ -284,7 +284,11 @@ def test_cache_renders_each_image_once_and_returns_the_same_samples(task, monkey
             assert torch.equal(image, ref_image) and target.keys() == ref_target.keys()
             for key, value in ref_target.items():
                 got = target[key]
-                assert torch.equal(got, value) and got.dtype == value.dtype if torch.is_tensor(value) else got == value
+                assert (
+                    torch.equal(got, value) and got.dtype == value.dtype
+                    if torch.is_tensor(value)
+                    else got == value
+                )
             image.zero_()  # an in-place augmentation must not reach the cache
             if task == "detection":
                 target["boxes"].zero_()

@@ -44,7 +44,9 @@ SWITCHES = list(itertools.product(["adaptive", "static", "off"], [True, False], 
 @pytest.mark.parametrize("dck,deform,gcm", SWITCHES)
 @pytest.mark.parametrize("in_ch,out_ch,stride", [(4, 4, 1), (4, 8, 2), (4, 6, 1)])
 def test_block_shapes_for_every_switch(block_cls, dck, deform, gcm, in_ch, out_ch, stride):
-    block = block_cls(in_ch, out_ch, stride=stride, dck=dck, deform=deform, gcm=gcm, dck_kernel_size=3)
+    block = block_cls(
+        in_ch, out_ch, stride=stride, dck=dck, deform=deform, gcm=gcm, dck_kernel_size=3
+    )
     out = block(torch.randn(2, in_ch, 8, 8))
     assert out.shape == (2, out_ch, 8 // stride, 8 // stride)
     assert isinstance(block.gcm, GlobalContextModule) == gcm

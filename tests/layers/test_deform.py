@@ -25,7 +25,9 @@ def test_zero_offsets_equal_conv2d(x, backend, stride):
 def test_modulated_at_init_is_half_the_conv(x):
     """DCNv2's mask is sigmoid(0) = 0.5 at initialisation."""
     layer = DeformConv2d(4, 6, 3, bias=False)
-    torch.testing.assert_close(layer(x), 0.5 * F.conv2d(x, layer.weight, padding=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        layer(x), 0.5 * F.conv2d(x, layer.weight, padding=1), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("max_offset", [None, 0.75])

@@ -40,7 +40,9 @@ def x() -> torch.Tensor:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_localisation_equals_conv2d_with_masked_weights(x, backend):
     layer = DynamicConv2d(3, 4, 5, backend=backend, init_extent=1.5)
-    expected = F.conv2d(x, layer.weight * layer.receptive_field_mask((2, 2)).unsqueeze(1), layer.bias, padding=2)
+    expected = F.conv2d(
+        x, layer.weight * layer.receptive_field_mask((2, 2)).unsqueeze(1), layer.bias, padding=2
+    )
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -68,7 +70,9 @@ def test_integer_shift_equals_shifted_conv(x, backend, shift):
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_very_wide_mask_equals_plain_conv(x, adaptive):
     layer = DynamicConv2d(3, 4, 5, adaptive=adaptive, init_extent=1e4)
-    torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias, padding=2), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        layer(x), F.conv2d(x, layer.weight, layer.bias, padding=2), atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("adaptive", [True, False])
@@ -89,12 +93,13 @@ def test_cropped_kernel_runs_the_smaller_conv(x, adaptive):
         seen.append(("deform_conv2d", tuple(weight.shape[-2:]), offset.shape[1]))
         return deform_conv2d(input, offset, weight, *args, **kwargs)
 
-    with mock.patch.object(dynamic_module.F, "conv2d", spy_conv), mock.patch.object(
-        dynamic_module, "deform_conv2d", spy_deform
+    with (
+        mock.patch.object(dynamic_module.F, "conv2d", spy_conv),
+        mock.patch.object(dynamic_module, "deform_conv2d", spy_deform),
     ):
         out = layer(x)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    assert (('deform_conv2d', (3, 3), 2 * 9) if adaptive else ('conv2d', (3, 3))) in seen
+    assert (("deform_conv2d", (3, 3), 2 * 9) if adaptive else ("conv2d", (3, 3))) in seen
 
 
 def test_crop_is_exact_truncation_and_per_channel_union(x):
@@ -106,7 +111,9 @@ def test_crop_is_exact_truncation_and_per_channel_union(x):
     assert layer.effective_kernel_size == (3, 5)
     mask = layer.receptive_field_mask()
     assert mask.shape == (4, 3, 5)
-    expected = F.conv2d(x, layer.weight[:, :, 2:5, 1:6] * mask.unsqueeze(1), layer.bias, padding=(1, 2))
+    expected = F.conv2d(
+        x, layer.weight[:, :, 2:5, 1:6] * mask.unsqueeze(1), layer.bias, padding=(1, 2)
+    )
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -114,7 +121,9 @@ def test_cropped_kernel_can_grow_back(x):
     layer = DynamicConv2d(3, 4, 7, adaptive=False)
     set_sigma(layer, 0.6)
     optimizer = torch.optim.Adam([layer.extent], lr=0.1)
-    target = F.conv2d(x, layer.weight.detach(), layer.bias.detach(), padding=3)  # the full 7×7 kernel
+    target = F.conv2d(
+        x, layer.weight.detach(), layer.bias.detach(), padding=3
+    )  # the full 7×7 kernel
     for _ in range(30):
         optimizer.zero_grad()
         F.mse_loss(layer(x), target).backward()
@@ -136,7 +145,9 @@ def conv_output_size(size: int, k: int, stride: int, padding: int) -> int:
     adaptive=st.booleans(),
 )
 def test_output_shape_matches_conv2d(k, stride, padding, height, width, adaptive):
-    layer = DynamicConv2d(2, 3, k, stride=stride, padding=padding, adaptive=adaptive, backend="torch")
+    layer = DynamicConv2d(
+        2, 3, k, stride=stride, padding=padding, adaptive=adaptive, backend="torch"
+    )
     pad = {"same": k // 2, "valid": 0}.get(padding, padding)
     out = layer(torch.randn(1, 2, height, width))
     expected = (conv_output_size(height, k, stride, pad), conv_output_size(width, k, stride, pad))
@@ -154,7 +165,9 @@ def test_gradients_reach_weight_extent_and_localisation(x):
 
 
 def test_keras_alias_translates_the_design_document_example():
-    layer = DynamicConv2D(filters=32, kernel_size=(7, 7), center_constraint=[(2, 2), (2, 2)], trainable=True)
+    layer = DynamicConv2D(
+        filters=32, kernel_size=(7, 7), center_constraint=[(2, 2), (2, 2)], trainable=True
+    )
     out = layer(torch.randn(2, 1, 28, 28))
     assert out.shape == (2, 32, 22, 22)  # Keras' default padding is "valid"
     assert type(layer) is DynamicConv2d
@@ -163,7 +176,9 @@ def test_keras_alias_translates_the_design_document_example():
     # Zero-initialised localisation: equals the conv of the masked weights.
     same = DynamicConv2D(filters=8, kernel_size=3, padding="same")
     x = torch.randn(1, 4, 9, 9)
-    torch.testing.assert_close(same(x), F.conv2d(x, same.effective_weight(), same.bias, padding=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        same(x), F.conv2d(x, same.effective_weight(), same.bias, padding=1), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_keras_alias_trainable_false_freezes():

@@ -18,20 +18,44 @@ CASES = [
     (lambda: DynamicConv2d(4, 8, 4), "kernel_size must be odd"),
     (lambda: DynamicConv2d(4, 8, 0), "kernel_size must be a positive integer"),
     (lambda: DynamicConv2d(4, 8, 3, center_constraint=(-1, 2)), "center_constraint must be >= 0"),
-    (lambda: DynamicConv2d(6, 8, 3, groups=4), r"in_channels \(6\) must be divisible by groups \(4\)"),
-    (lambda: DynamicConv2d(4, 6, 3, groups=4), r"out_channels \(6\) must be divisible by groups \(4\)"),
+    (
+        lambda: DynamicConv2d(6, 8, 3, groups=4),
+        r"in_channels \(6\) must be divisible by groups \(4\)",
+    ),
+    (
+        lambda: DynamicConv2d(4, 6, 3, groups=4),
+        r"out_channels \(6\) must be divisible by groups \(4\)",
+    ),
     (lambda: DynamicConv2d(4, 8, 3, padding="full"), r"padding must be one of \('same', 'valid'\)"),
-    (lambda: DynamicConv2d(4, 8, 3, extent="pixel"), r"extent must be one of \('layer', 'channel'\)"),
-    (lambda: DynamicConv2d(4, 8, 3, backend="cuda"), r"backend must be one of \('auto', 'torch', 'torchvision'\)"),
+    (
+        lambda: DynamicConv2d(4, 8, 3, extent="pixel"),
+        r"extent must be one of \('layer', 'channel'\)",
+    ),
+    (
+        lambda: DynamicConv2d(4, 8, 3, backend="cuda"),
+        r"backend must be one of \('auto', 'torch', 'torchvision'\)",
+    ),
     (lambda: DynamicConv2d(4, 8, 3, max_scale=0.5), "max_scale must be >= 1"),
     (lambda: DynamicConv2d(4, 8, 3, crop_threshold=1.5), r"crop_threshold must be in \[0, 1\)"),
-    (lambda: DeformConv2d(6, 8, 3, groups=4), r"in_channels \(6\) must be divisible by groups \(4\)"),
-    (lambda: DeformConv2d(4, 8, 3, offset_groups=3), r"in_channels \(4\) must be divisible by offset_groups \(3\)"),
+    (
+        lambda: DeformConv2d(6, 8, 3, groups=4),
+        r"in_channels \(6\) must be divisible by groups \(4\)",
+    ),
+    (
+        lambda: DeformConv2d(4, 8, 3, offset_groups=3),
+        r"in_channels \(4\) must be divisible by offset_groups \(3\)",
+    ),
     (lambda: DeformConv2d(4, 8, 3, max_offset=-1), "max_offset must be > 0"),
     (lambda: DeformConv2d(4, 8, 3, backend="fast"), "backend must be one of"),
-    (lambda: ConvBlock(4, 8, conv="fancy"), r"conv must be one of \('plain', 'dynamic', 'static', 'deform'\)"),
+    (
+        lambda: ConvBlock(4, 8, conv="fancy"),
+        r"conv must be one of \('plain', 'dynamic', 'static', 'deform'\)",
+    ),
     (lambda: DCB(4, 8, dck="dynamic"), r"dck must be one of \('adaptive', 'static', 'off'\)"),
-    (lambda: DynamicConv2D(filters=4, kernel_size=3, center_constraint=[(1, 2), (2, 2)]), "must be symmetric"),
+    (
+        lambda: DynamicConv2D(filters=4, kernel_size=3, center_constraint=[(1, 2), (2, 2)]),
+        "must be symmetric",
+    ),
 ]
 
 
@@ -46,7 +70,14 @@ def test_deform_conv2d_checks_offset_channels():
     with pytest.raises(ValueError, match="offset.shape"):
         deform_conv2d(x, torch.randn(1, 17, 5, 5), weight, padding=1, backend="torch")
     with pytest.raises(ValueError, match="mask.shape"):
-        deform_conv2d(x, torch.zeros(1, 18, 5, 5), weight, padding=1, mask=torch.ones(1, 8, 5, 5), backend="torch")
+        deform_conv2d(
+            x,
+            torch.zeros(1, 18, 5, 5),
+            weight,
+            padding=1,
+            mask=torch.ones(1, 8, 5, 5),
+            backend="torch",
+        )
 
 
 def test_lazy_alias_checks_groups_on_first_call():

@@ -29,7 +29,9 @@ def perturbed(layer: torch.nn.Module, sigma: float | None = None) -> torch.nn.Mo
 
 LAYERS = {
     "dck": lambda: perturbed(DynamicConv2d(4, 6, 5, backend="torch")),
-    "dck_cropped": lambda: perturbed(DynamicConv2d(4, 6, 7, backend="torch"), sigma=0.6),  # runs 3x3
+    "dck_cropped": lambda: perturbed(
+        DynamicConv2d(4, 6, 7, backend="torch"), sigma=0.6
+    ),  # runs 3x3
     "deform": lambda: perturbed(DeformConv2d(4, 6, 3, offset_groups=2, backend="torch")),
 }
 
@@ -39,7 +41,9 @@ def export(layer: torch.nn.Module, x: torch.Tensor, exporter: str):
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             buffer = io.BytesIO()
-            torch.onnx.export(layer, (x,), buffer, dynamo=False, opset_version=17, input_names=["input"])
+            torch.onnx.export(
+                layer, (x,), buffer, dynamo=False, opset_version=17, input_names=["input"]
+            )
             return onnx.load_from_string(buffer.getvalue())
         pytest.importorskip("onnxscript")
         return torch.onnx.export(layer, (x,), dynamo=True).model_proto
@@ -48,7 +52,8 @@ def export(layer: torch.nn.Module, x: torch.Tensor, exporter: str):
 @pytest.mark.parametrize(
     "name, exporter",
     # The dynamo exporter is slow: once for each layer type (the DCK with a cropped kernel).
-    [(name, "torchscript") for name in sorted(LAYERS)] + [("dck_cropped", "dynamo"), ("deform", "dynamo")],
+    [(name, "torchscript") for name in sorted(LAYERS)]
+    + [("dck_cropped", "dynamo"), ("deform", "dynamo")],
 )
 def test_torch_backend_exports_to_onnx(name, exporter):
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:

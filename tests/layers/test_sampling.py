@@ -28,7 +28,9 @@ def torch_path(request, monkeypatch):
     partial) or through the autograd composition used off the CPU and for export."""
     if request.param == "fused":
         monkeypatch.setattr(sampling, "FUSED_MIN_BYTES", 0)
-        monkeypatch.setattr(sampling, "CHUNK_BYTES", 5 * 9 * 4 * 4)  # 5 im2col rows of 3x3 taps, 4 channels
+        monkeypatch.setattr(
+            sampling, "CHUNK_BYTES", 5 * 9 * 4 * 4
+        )  # 5 im2col rows of 3x3 taps, 4 channels
     else:
         monkeypatch.setattr(sampling, "FUSED_MIN_BYTES", float("inf"))
     return request.param
@@ -43,10 +45,16 @@ def random_inputs(case, seed=0, dtype=torch.float32, scale=3.0):
     out_h = (7 + 2 * pad[0] - dilation * (kh - 1) - 1) // stride + 1
     out_w = (8 + 2 * pad[1] - dilation * (kw - 1) - 1) // stride + 1
     # Large offsets: many samples fall partly or fully outside the image.
-    offset = scale * torch.randn(2, 2 * offset_groups * kh * kw, out_h, out_w, generator=g, dtype=dtype)
+    offset = scale * torch.randn(
+        2, 2 * offset_groups * kh * kw, out_h, out_w, generator=g, dtype=dtype
+    )
     weight = torch.randn(out_ch, in_ch // groups, kh, kw, generator=g, dtype=dtype)
     bias = torch.randn(out_ch, generator=g, dtype=dtype)
-    mask = torch.rand(2, offset_groups * kh * kw, out_h, out_w, generator=g, dtype=dtype) if modulated else None
+    mask = (
+        torch.rand(2, offset_groups * kh * kw, out_h, out_w, generator=g, dtype=dtype)
+        if modulated
+        else None
+    )
     kwargs = {"stride": stride, "padding": padding, "dilation": dilation}
     return x, offset, weight, bias, mask, kwargs
 
@@ -82,7 +90,15 @@ def test_backends_agree_when_one_input_needs_grad(needs_grad, torch_path):
 def test_channels_last_input_gives_channels_last_output(torch_path):
     x, offset, weight, bias, mask, kwargs = random_inputs(CASES[0])
     expected = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torch", **kwargs)
-    out = deform_conv2d(x.to(memory_format=torch.channels_last), offset, weight, bias, mask=mask, backend="torch", **kwargs)
+    out = deform_conv2d(
+        x.to(memory_format=torch.channels_last),
+        offset,
+        weight,
+        bias,
+        mask=mask,
+        backend="torch",
+        **kwargs,
+    )
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert expected.is_contiguous()
     torch.testing.assert_close(out, expected)
@@ -108,7 +124,15 @@ def test_gradcheck_float64_non_integer_offsets(torch_path):
 def test_torch_backend_runs_in_half_precision(dtype, torch_path):
     x, offset, weight, bias, mask, kwargs = random_inputs(CASES[0])
     ref = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torch", **kwargs)
-    out = deform_conv2d(x.to(dtype), offset.to(dtype), weight.to(dtype), bias.to(dtype), mask=mask.to(dtype), backend="torch", **kwargs)
+    out = deform_conv2d(
+        x.to(dtype),
+        offset.to(dtype),
+        weight.to(dtype),
+        bias.to(dtype),
+        mask=mask.to(dtype),
+        backend="torch",
+        **kwargs,
+    )
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref, atol=0.5, rtol=0.05)
 

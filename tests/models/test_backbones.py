@@ -37,7 +37,12 @@ def test_features_at_declared_strides_and_channels(stem_stride, in_channels):
     for name, feature in features.items():
         assert feature.shape[1] == net.out_channels[name]
         assert feature.shape[-1] == 64 // net.strides[name]
-    assert net.strides == {"c2": stem_stride, "c3": 2 * stem_stride, "c4": 4 * stem_stride, "c5": 8 * stem_stride}
+    assert net.strides == {
+        "c2": stem_stride,
+        "c3": 2 * stem_stride,
+        "c4": 4 * stem_stride,
+        "c5": 8 * stem_stride,
+    }
 
 
 def test_dcb_stages_and_switches_reach_the_blocks():
@@ -73,9 +78,17 @@ def test_bad_backbone_arguments():
 def test_seednet_matches_the_design_document():
     net = SeedNet()
     conv1, pool1, conv2, pool2 = net.features
-    assert isinstance(conv1, DynamicConv2d) and conv1.out_channels == 32 and conv1.kernel_size == (7, 7)
+    assert (
+        isinstance(conv1, DynamicConv2d)
+        and conv1.out_channels == 32
+        and conv1.kernel_size == (7, 7)
+    )
     assert conv1.padding == (0, 0) and conv1.center_constraint == (2.0, 2.0)
-    assert isinstance(conv2, DynamicConv2d) and conv2.out_channels == 64 and conv2.kernel_size == (3, 3)
+    assert (
+        isinstance(conv2, DynamicConv2d)
+        and conv2.out_channels == 64
+        and conv2.kernel_size == (3, 3)
+    )
     assert conv2.padding == (1, 1)
     assert isinstance(pool1, nn.MaxPool2d) and isinstance(pool2, nn.MaxPool2d)
     flatten, dense1, relu, dropout, dense2 = net.classifier
@@ -88,7 +101,9 @@ def test_seednet_matches_the_design_document():
 
 
 def test_fpn_neck_levels_and_strides():
-    neck = BackboneWithFPN(create_backbone("resnet18", **TINY), levels=("c3", "c4", "c5"), out_channels=16)
+    neck = BackboneWithFPN(
+        create_backbone("resnet18", **TINY), levels=("c3", "c4", "c5"), out_channels=16
+    )
     out = neck(torch.randn(1, 3, 128, 128))
     assert list(out) == ["c3", "c4", "c5", "p6", "p7"]
     assert [v.shape[-1] for v in out.values()] == [128 // s for s in neck.strides]

@@ -19,7 +19,9 @@ def make_task(**kwargs) -> ClassificationTask:
 
 
 def test_dynamic_parameters_get_their_own_group():
-    task = make_task(optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.1), dynamic_lr_factor=0.1)
+    task = make_task(
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.1), dynamic_lr_factor=0.1
+    )
     optimizer = task.configure_optimizers()
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert groups["dynamic"]["weight_decay"] == 0.0 and groups["weights"]["weight_decay"] == 0.1
@@ -46,8 +48,12 @@ def test_scheduler_steps_per_epoch_or_per_optimiser_step(tmp_path, interval, sch
         lr_scheduler_interval=interval,
     )
     trainer = pl.Trainer(
-        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        default_root_dir=tmp_path, enable_model_summary=False,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
     )
     trainer.fit(task, dm)
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.5**scheduler_steps
@@ -73,11 +79,17 @@ def test_hyperparameters_saved_for_reloading():
 
 
 def test_fit_test_predict_on_synthetic_shapes(tmp_path):
-    dm = SyntheticShapesDataModule(image_size=16, num_train=32, num_val=16, num_test=16, batch_size=8)
+    dm = SyntheticShapesDataModule(
+        image_size=16, num_train=32, num_val=16, num_test=16, batch_size=8
+    )
     task = make_task()
     trainer = pl.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        default_root_dir=tmp_path, enable_model_summary=False,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
     )
     trainer.fit(task, dm)
     assert "train/loss_epoch" in trainer.callback_metrics and "val/acc" in trainer.callback_metrics

@@ -49,7 +49,9 @@ def tiny_task(detector: str = "fcos", backbone: str = "dcb_resnet18", **kwargs) 
 def target(boxes, labels, difficult=None, orig_size=(64, 64), image_id=0) -> dict:
     boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     labels = torch.tensor(labels, dtype=torch.int64)
-    difficult = torch.zeros_like(labels, dtype=torch.bool) if difficult is None else torch.tensor(difficult)
+    difficult = (
+        torch.zeros_like(labels, dtype=torch.bool) if difficult is None else torch.tensor(difficult)
+    )
     return {
         "boxes": boxes,
         "labels": labels,
@@ -62,7 +64,10 @@ def target(boxes, labels, difficult=None, orig_size=(64, 64), image_id=0) -> dic
 def batch_with_empty(size: int = 64) -> tuple[torch.Tensor, list[dict]]:
     """Two images: one with two objects, one with none."""
     images = torch.randn(2, 3, size, size)
-    targets = [target([[4, 6, 30, 28], [33, 35, 60, 62]], [0, 5], image_id=0), target([], [], image_id=1)]
+    targets = [
+        target([[4, 6, 30, 28], [33, 35, 60, 62]], [0, 5], image_id=0),
+        target([], [], image_id=1),
+    ]
     return images, targets
 
 
@@ -120,15 +125,25 @@ def test_eval_predictions_and_empty_batches(detector: str) -> None:
 
 
 def test_labels_are_shifted_past_background_and_back() -> None:
-    model = create_detector("fcos", "resnet18", num_classes=3, backbone_kwargs=TINY_BACKBONE, fpn_channels=16)
-    assert isinstance(model, Detector) and model.detector.head.classification_head.num_classes == 4  # + background
+    model = create_detector(
+        "fcos", "resnet18", num_classes=3, backbone_kwargs=TINY_BACKBONE, fpn_channels=16
+    )
+    assert (
+        isinstance(model, Detector) and model.detector.head.classification_head.num_classes == 4
+    )  # + background
     seen = {}
 
     def fake(images, targets=None):
         if targets is not None:
             seen["labels"] = [t["labels"].tolist() for t in targets]
             return {"loss": torch.tensor(0.0)}
-        return [{"boxes": torch.tensor([[1.0, 1, 5, 5]] * 3), "labels": torch.tensor([0, 1, 3]), "scores": torch.ones(3)}]
+        return [
+            {
+                "boxes": torch.tensor([[1.0, 1, 5, 5]] * 3),
+                "labels": torch.tensor([0, 1, 3]),
+                "scores": torch.ones(3),
+            }
+        ]
 
     model.detector.forward = fake
     model.train()
@@ -148,11 +163,18 @@ def test_passthrough_transform_neither_resizes_nor_normalises() -> None:
         targets = [{"boxes": torch.tensor([[1.0, 2, 30, 33]]), "labels": torch.tensor([1])}] * 2
         batch, out_targets = transform(images, targets)
         assert batch.image_sizes == [(40, 64), (40, 64)]
-        assert torch.equal(batch.tensors[:, :, :40, :64], torch.stack(images))  # padded to /32, else unchanged
+        assert torch.equal(
+            batch.tensors[:, :, :40, :64], torch.stack(images)
+        )  # padded to /32, else unchanged
         assert torch.equal(out_targets[0]["boxes"], targets[0]["boxes"])
     detections = [{"boxes": torch.tensor([[1.0, 2, 30, 33]])}]
-    assert torch.equal(transform.postprocess(detections, [(40, 64)], [(40, 64)])[0]["boxes"], detections[0]["boxes"])
-    model = create_detector("retinanet", "resnet18", num_classes=2, backbone_kwargs=TINY_BACKBONE, fpn_channels=16)
+    assert torch.equal(
+        transform.postprocess(detections, [(40, 64)], [(40, 64)])[0]["boxes"],
+        detections[0]["boxes"],
+    )
+    model = create_detector(
+        "retinanet", "resnet18", num_classes=2, backbone_kwargs=TINY_BACKBONE, fpn_channels=16
+    )
     assert isinstance(model.detector.transform, PassthroughTransform)
 
 
@@ -165,7 +187,9 @@ def test_anchor_sizes_follow_the_strides() -> None:
     assert math.isclose(retina.sizes[0][2], 32 * 2 ** (2 / 3))
     rcnn = make_anchor_generator("faster_rcnn", [4, 8, 16, 32, 64], 8.0)
     assert [s[0] for s in rcnn.sizes] == [32, 64, 128, 256, 512]
-    model = create_detector("faster_rcnn", "resnet18", num_classes=2, backbone_kwargs=TINY_BACKBONE, fpn_channels=16)
+    model = create_detector(
+        "faster_rcnn", "resnet18", num_classes=2, backbone_kwargs=TINY_BACKBONE, fpn_channels=16
+    )
     assert model.backbone.strides == [4, 8, 16, 32, 64]
     assert model.detector.roi_heads.box_roi_pool.featmap_names == ["c2", "c3", "c4", "c5"]
     with pytest.raises(ValueError, match="detector must be one of"):
@@ -189,7 +213,11 @@ def test_training_step_logs_every_loss_term(monkeypatch: pytest.MonkeyPatch) -> 
         "train/loss_objectness",
         "train/loss_rpn_box_reg",
     }
-    assert math.isclose(float(logged["train/loss"]), sum(float(logged[k]) for k in logged if k != "train/loss"), rel_tol=1e-5)
+    assert math.isclose(
+        float(logged["train/loss"]),
+        sum(float(logged[k]) for k in logged if k != "train/loss"),
+        rel_tol=1e-5,
+    )
     assert DetectionTask.monitor == "val/map_50" and DetectionTask.mode == "max"
 
 
@@ -214,9 +242,17 @@ def test_map_is_computed_once_per_epoch(monkeypatch: pytest.MonkeyPatch) -> None
 def test_test_epoch_logs_per_class_ap(monkeypatch: pytest.MonkeyPatch) -> None:
     task = tiny_task("fcos", class_names=["a", "b", "c", "d", "e", "f"])
     logged = {}
-    monkeypatch.setattr(task, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    monkeypatch.setattr(
+        task, "log", lambda name, value, **kw: logged.__setitem__(name, float(value))
+    )
     targets = metric_targets([target([[0, 0, 20, 20], [30, 30, 50, 50]], [0, 1])])
-    preds = [{"boxes": torch.tensor([[0.0, 0, 20, 20], [30, 31, 50, 50]]), "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 2])}]
+    preds = [
+        {
+            "boxes": torch.tensor([[0.0, 0, 20, 20], [30, 31, 50, 50]]),
+            "scores": torch.tensor([0.9, 0.8]),
+            "labels": torch.tensor([0, 2]),
+        }
+    ]
     for metric in (task.test_map, task.test_map_50):
         metric.update(preds, targets)
     task.on_test_epoch_end()
@@ -232,21 +268,34 @@ def test_predict_step_maps_boxes_to_original_coordinates() -> None:
 
     def fake(images, targets=None):
         return [
-            {"boxes": torch.tensor([[10.0, 20.0, 30.0, 40.0], [0.0, 0.0, 64.0, 64.0]]), "labels": torch.tensor([2, 0]), "scores": torch.tensor([0.9, 0.5])}
+            {
+                "boxes": torch.tensor([[10.0, 20.0, 30.0, 40.0], [0.0, 0.0, 64.0, 64.0]]),
+                "labels": torch.tensor([2, 0]),
+                "scores": torch.tensor([0.9, 0.5]),
+            }
             for _ in range(images.shape[0])
         ]
 
     task.model.forward = fake
     images = torch.zeros(2, 3, 64, 64)
-    targets = [target([], [], orig_size=(128, 256), image_id="a"), target([], [], orig_size=(64, 64), image_id="b")]
+    targets = [
+        target([], [], orig_size=(128, 256), image_id="a"),
+        target([], [], orig_size=(64, 64), image_id="b"),
+    ]
     out = task.predict_step((images, targets), 0)
     # x scales by 256 / 64 = 4, y by 128 / 64 = 2
-    assert torch.allclose(out[0]["boxes"], torch.tensor([[40.0, 40.0, 120.0, 80.0], [0.0, 0.0, 256.0, 128.0]]))
-    assert torch.allclose(out[1]["boxes"], torch.tensor([[10.0, 20.0, 30.0, 40.0], [0.0, 0.0, 64.0, 64.0]]))
+    assert torch.allclose(
+        out[0]["boxes"], torch.tensor([[40.0, 40.0, 120.0, 80.0], [0.0, 0.0, 256.0, 128.0]])
+    )
+    assert torch.allclose(
+        out[1]["boxes"], torch.tensor([[10.0, 20.0, 30.0, 40.0], [0.0, 0.0, 64.0, 64.0]])
+    )
     assert out[0]["labels"].tolist() == [2, 0] and out[0]["image_id"] == "a"
     assert torch.allclose(out[0]["scores"], torch.tensor([0.9, 0.5]))
     # images without targets: input coordinates
-    assert torch.allclose(task.predict_step(images, 0)[0]["boxes"][0], torch.tensor([10.0, 20.0, 30.0, 40.0]))
+    assert torch.allclose(
+        task.predict_step(images, 0)[0]["boxes"][0], torch.tensor([10.0, 20.0, 30.0, 40.0])
+    )
 
 
 def test_prediction_images_draw_ground_truth_beside_predictions() -> None:
@@ -265,14 +314,21 @@ def test_prediction_images_draw_ground_truth_beside_predictions() -> None:
 
 def test_real_voc_batches_flow_through_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
     """The VOC sample (000005 has difficult objects): train step, validation mAP, predictions in file coordinates."""
-    data_dir = Path(os.environ.get("DCK_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "voc-sample"
+    data_dir = (
+        Path(os.environ.get("DCK_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "voc-sample"
+    )
     if not data_dir.is_dir():
         pytest.skip(f"shared VOC sample not found at {data_dir}")
     from dck_lightning.data.voc import VOCDetectionDataModule
 
     data = VOCDetectionDataModule(
-        str(data_dir), train_sets=["2007-trainval"], test_sets=["2007-test"], image_size=64, batch_size=5,
-        num_workers=0, keep_difficult_in_train=True,
+        str(data_dir),
+        train_sets=["2007-trainval"],
+        test_sets=["2007-test"],
+        image_size=64,
+        batch_size=5,
+        num_workers=0,
+        keep_difficult_in_train=True,
     )
     data.setup("fit")
     data.setup("test")
@@ -291,7 +347,10 @@ def test_real_voc_batches_flow_through_the_task(monkeypatch: pytest.MonkeyPatch)
         height, width = t["orig_size"].tolist()
         assert prediction["image_id"] == t["image_id"]
         if len(prediction["boxes"]):
-            assert prediction["boxes"][:, 0::2].max() <= width and prediction["boxes"][:, 1::2].max() <= height
+            assert (
+                prediction["boxes"][:, 0::2].max() <= width
+                and prediction["boxes"][:, 1::2].max() <= height
+            )
 
 
 # -- the metric --------------------------------------------------------------------------
@@ -312,7 +371,11 @@ def random_detection_problem(seed: int = 0, n_images: int = 6, n_classes: int = 
         # detections: jittered copies of most gt boxes, some with a wrong label, plus clutter
         keep = rng.random(n) < 0.8
         det_boxes = boxes[keep] + rng.normal(0, 0.1, (int(keep.sum()), 4)) * np.tile(wh[keep], 2)
-        det_labels = np.where(rng.random(int(keep.sum())) < 0.8, labels[keep], rng.integers(0, n_classes, int(keep.sum())))
+        det_labels = np.where(
+            rng.random(int(keep.sum())) < 0.8,
+            labels[keep],
+            rng.integers(0, n_classes, int(keep.sum())),
+        )
         m = int(rng.integers(0, 4))
         cxy = rng.uniform(0, 80, (m, 2))
         clutter = np.concatenate([cxy, cxy + rng.uniform(4, 40, (m, 2))], 1)
@@ -331,14 +394,30 @@ def pycocotools_map(gts, dts, n_classes: int) -> tuple[float, float]:
         for box, label, is_crowd in zip(boxes, labels, crowd):
             w, h = box[2] - box[0], box[3] - box[1]
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label), "bbox": [box[0], box[1], w, h],
-                 "area": w * h, "iscrowd": int(is_crowd)}
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": int(is_crowd),
+                }
             )
         for box, label, score in zip(dboxes, dlabels, scores):
-            results.append({"image_id": image_id, "category_id": int(label), "score": float(score),
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "score": float(score),
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                }
+            )
     coco = COCO()
-    coco.dataset = {"images": images, "annotations": annotations, "categories": [{"id": c} for c in range(n_classes)]}
+    coco.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": c} for c in range(n_classes)],
+    }
     coco.createIndex()
     evaluator = COCOeval(coco, coco.loadRes(results), "bbox")
     evaluator.evaluate()
@@ -352,7 +431,14 @@ def test_map_matches_pycocotools(seed: int) -> None:
     gts, dts = random_detection_problem(seed)
     metric = coco_map()
     metric.update(
-        [{"boxes": torch.tensor(b, dtype=torch.float32), "labels": torch.tensor(lab), "scores": torch.tensor(s, dtype=torch.float32)} for b, lab, s in dts],
+        [
+            {
+                "boxes": torch.tensor(b, dtype=torch.float32),
+                "labels": torch.tensor(lab),
+                "scores": torch.tensor(s, dtype=torch.float32),
+            }
+            for b, lab, s in dts
+        ],
         metric_targets([target(b, lab, difficult=c.tolist()) for b, lab, c in gts]),
     )
     ours = metric.compute()
@@ -363,18 +449,32 @@ def test_map_matches_pycocotools(seed: int) -> None:
 
 
 def test_difficult_objects_are_ignored() -> None:
-    images_gt = [target([[0, 0, 20, 20], [40, 40, 60, 60], [80, 80, 100, 100]], [0, 0, 0], difficult=[False, True, True])]
-    preds = [{
-        "boxes": torch.tensor([[0.0, 0, 20, 20], [40, 40, 60, 60]]),  # hits the normal and one difficult box
-        "scores": torch.tensor([0.6, 0.9]),  # the difficult hit ranks first
-        "labels": torch.tensor([0, 0]),
-    }]
+    images_gt = [
+        target(
+            [[0, 0, 20, 20], [40, 40, 60, 60], [80, 80, 100, 100]],
+            [0, 0, 0],
+            difficult=[False, True, True],
+        )
+    ]
+    preds = [
+        {
+            "boxes": torch.tensor(
+                [[0.0, 0, 20, 20], [40, 40, 60, 60]]
+            ),  # hits the normal and one difficult box
+            "scores": torch.tensor([0.6, 0.9]),  # the difficult hit ranks first
+            "labels": torch.tensor([0, 0]),
+        }
+    ]
     metric = coco_map()
     metric.update(preds, metric_targets(images_gt))
-    assert float(metric.compute()["map_50"]) == pytest.approx(1.0)  # neither a FP nor a missed object
+    assert float(metric.compute()["map_50"]) == pytest.approx(
+        1.0
+    )  # neither a FP nor a missed object
     # the same boxes counted as ordinary objects: one miss and a lower precision
     plain = coco_map()
-    plain.update(preds, metric_targets([{k: v for k, v in images_gt[0].items() if k != "difficult"}]))
+    plain.update(
+        preds, metric_targets([{k: v for k, v in images_gt[0].items() if k != "difficult"}])
+    )
     assert float(plain.compute()["map_50"]) < 0.7
 
 
@@ -400,20 +500,34 @@ def test_configs_parse(config: str, capsys: pytest.CaptureFixture) -> None:
 
 
 TINY_OVERRIDES = [
-    "--data.init_args.image_size", "64",
-    "--data.init_args.num_train", "8",
-    "--data.init_args.num_val", "4",
-    "--data.init_args.num_test", "4",
-    "--data.init_args.batch_size", "4",
-    "--data.init_args.num_workers", "0",
-    "--model.init_args.backbone_kwargs", '{"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
-    "--model.init_args.fpn_channels", "16",
-    "--model.init_args.head_convs", "1",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.limit_test_batches", "1",
-    "--trainer.limit_predict_batches", "1",
-    "--trainer.num_sanity_val_steps", "0",
-    "--trainer.enable_progress_bar", "false",
+    "--data.init_args.image_size",
+    "64",
+    "--data.init_args.num_train",
+    "8",
+    "--data.init_args.num_val",
+    "4",
+    "--data.init_args.num_test",
+    "4",
+    "--data.init_args.batch_size",
+    "4",
+    "--data.init_args.num_workers",
+    "0",
+    "--model.init_args.backbone_kwargs",
+    '{"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
+    "--model.init_args.fpn_channels",
+    "16",
+    "--model.init_args.head_convs",
+    "1",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.limit_test_batches",
+    "1",
+    "--trainer.limit_predict_batches",
+    "1",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
 ]
 
 
@@ -427,7 +541,9 @@ def test_cli_fit_test_predict_round_trip(tmp_path: Path, monkeypatch: pytest.Mon
     assert "val/map_50" in fit.trainer.callback_metrics
     last = run_dir / "checkpoints" / "last.ckpt"
     assert last.exists()
-    assert sorted((run_dir / "images").glob("epoch_000_*.png"))  # the PredictionImageLogger of the config
+    assert sorted(
+        (run_dir / "images").glob("epoch_000_*.png")
+    )  # the PredictionImageLogger of the config
     test = run_cli(["test", *common, "--ckpt_path", str(last)])
     assert {"test/map", "test/map_50"} <= set(test.trainer.callback_metrics)
     predict = run_cli(["predict", *common, "--ckpt_path", str(last)])
