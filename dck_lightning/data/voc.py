@@ -356,6 +356,10 @@ class VOCSegmentationDataModule(VOCDataModule):
         batch_size, num_workers, seed, augment, skip_invalid: as in
             :class:`VOCDetectionDataModule`.
         scale_range: zoom range of the scale jitter, relative to ``S``.
+        eval_original_size: validation and test batches also carry each image's
+            original mask (``orig_mask``), and :class:`~dck_lightning.tasks.SegmentationTask`
+            scores mIoU at the original resolution (logits resized bilinearly), the VOC
+            protocol; ``False`` scores on the resized ``S × S`` masks.
     """
 
     task = "segmentation"
@@ -377,6 +381,7 @@ class VOCSegmentationDataModule(VOCDataModule):
         augment: bool = True,
         scale_range: tuple[float, float] = (0.5, 2.0),
         skip_invalid: bool = False,
+        eval_original_size: bool = True,
     ) -> None:
         super().__init__(
             data_dir, download, image_size, batch_size, num_workers, seed, augment, skip_invalid
@@ -433,6 +438,7 @@ class VOCSegmentationDataModule(VOCDataModule):
             transform=self.train_transform() if train else self.eval_transform(),
             skip_invalid=self.skip_invalid,
             exclude_ids=exclude,
+            original_masks=not train and self.hparams.eval_original_size,
         )
 
     def download_set(self, image_set: ImageSet) -> None:

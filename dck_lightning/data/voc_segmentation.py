@@ -141,9 +141,13 @@ class VOCSegmentationDataset(SkippingDataset):
         skip_invalid: log and skip invalid samples instead of raising.
         exclude_ids: ids to leave out (for ``train_aug`` the ``val.txt`` ids are
             always left out).
+        original_masks: also return the untransformed mask as ``orig_mask``
+            (``uint8[H0, W0]``), so that evaluation can score predictions at the original
+            resolution, as the VOC protocol does.
 
     Items are ``(image float32[3, H, W], target)`` with target keys ``mask``
-    ``int64[H, W]`` (0-20, 255 ignore), ``orig_size`` ``int64[2]`` and ``image_id``.
+    ``int64[H, W]`` (0-20, 255 ignore), ``orig_size`` ``int64[2]``, ``image_id`` and, with
+    ``original_masks``, ``orig_mask``.
 
     Raises:
         DataNotFoundError: the image-set file or the image/mask folders are missing.
@@ -158,12 +162,14 @@ class VOCSegmentationDataset(SkippingDataset):
         transform: Optional[Callable] = None,
         skip_invalid: bool = False,
         exclude_ids: Collection[str] = (),
+        original_masks: bool = False,
     ) -> None:
         super().__init__(
             segmentation_eval_transform(None) if transform is None else transform, skip_invalid
         )
         self.year = year
         self.image_set = image_set
+        self.original_masks = original_masks
         required = required_paths(data_dir, year, image_set)
         if missing_paths(required):
             raise data_not_found(data_dir, required, [year])
@@ -209,4 +215,6 @@ class VOCSegmentationDataset(SkippingDataset):
             "orig_size": torch.tensor(image.shape[:2], dtype=torch.int64),
             "image_id": record.image_id,
         }
+        if self.original_masks:
+            target["orig_mask"] = torch.from_numpy(mask.astype(np.uint8))
         return image_t, target

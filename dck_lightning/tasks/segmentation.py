@@ -23,6 +23,7 @@ Metrics (torchmetrics, one object per stage, ``update`` per step, ``compute`` pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from torchvision.utils import draw_segmentation_masks
 
@@ -224,23 +225,47 @@ class SegmentationTask(BaseTask):
                 sync_dist=not train,
                 batch_size=batch_size,
             )
-        return losses["loss"], outputs["out"].detach().argmax(dim=1), masks
+        return losses["loss"], outputs["out"].detach(), masks
+
+    @staticmethod
+    def update_metrics(
+        metrics: Sequence[Metric], logits: Tensor, masks: Tensor, targets: list[dict[str, Any]]
+    ) -> None:
+        """Score the class maps of ``logits`` against the masks.
+
+        When every target carries ``orig_mask`` (VOC evaluation), each image is scored at its
+        original resolution: its logits resized bilinearly to the original size, then the
+        argmax, as in :meth:`predict_step` — the VOC protocol. Otherwise the batch's (resized)
+        ``masks`` are used.
+        """
+        if targets and all("orig_mask" in target for target in targets):
+            for logit, target in zip(logits, targets):
+                mask = target["orig_mask"].to(device=logit.device, dtype=torch.long)[None]
+                if mask.shape[-2:] != logit.shape[-2:]:
+                    logit = F.interpolate(
+                        logit[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
+                    )[0]
+                for metric in metrics:
+                    metric.update(logit.argmax(dim=0)[None], mask)
+            return
+        preds = logits.argmax(dim=1)
+        for metric in metrics:
+            metric.update(preds, masks)
 
     def training_step(self, batch: SegmentationBatch, batch_idx: int) -> Tensor:
-        loss, preds, masks = self._shared_step(batch, "train")
-        self.train_metrics.update(preds, masks)
+        loss, logits, masks = self._shared_step(batch, "train")
+        self.train_metrics.update(logits.argmax(dim=1), masks)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
-        _, preds, masks = self._shared_step(batch, "val")
-        self.val_metrics.update(preds, masks)
+        _, logits, masks = self._shared_step(batch, "val")
+        self.update_metrics([self.val_metrics], logits, masks, batch[1])
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
     def test_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
-        _, preds, masks = self._shared_step(batch, "test")
-        self.test_metrics.update(preds, masks)
-        self.test_per_class.update(preds, masks)
+        _, logits, masks = self._shared_step(batch, "test")
+        self.update_metrics([self.test_metrics, self.test_per_class], logits, masks, batch[1])
         self.log_dict(self.test_metrics, on_epoch=True)
 
     def class_names(self) -> list[str]:

@@ -150,6 +150,20 @@ def test_eval_masks_are_resized_with_nearest(tree: Path) -> None:
     assert set(target["mask"].unique().tolist()) == set(np.unique(original).tolist())
 
 
+def test_eval_targets_carry_the_original_mask(tree: Path) -> None:
+    dm = datamodule(tree)
+    dm.setup("fit")
+    _, val_targets = next(iter(dm.val_dataloader()))
+    for target, fixture in zip(val_targets, IMAGES[3:]):
+        assert target["orig_mask"].shape == (48, 64) and target["mask"].shape == (32, 32)
+        assert np.array_equal(target["orig_mask"].numpy(), draw_mask(fixture))
+    _, train_targets = next(iter(dm.train_dataloader()))
+    assert all("orig_mask" not in target for target in train_targets)
+    resized = datamodule(tree, eval_original_size=False)
+    resized.setup("validate")
+    assert "orig_mask" not in resized.val_dataset[0][1]
+
+
 def test_sbd_train_aug_is_used_without_val_images(tmp_path: Path) -> None:
     data_dir = write_tree(tmp_path / "data", sbd=True)
     dm = datamodule(data_dir)

@@ -322,3 +322,25 @@ def test_voc_config_on_the_shared_sample(
     for ids_, prediction in zip(ids, maps):
         width, height = Image.open(voc / f"VOCdevkit/VOC2012/JPEGImages/{ids_}.jpg").size
         assert tuple(prediction.shape) == (height, width)
+
+
+def test_eval_metrics_score_at_the_original_resolution_when_targets_carry_it() -> None:
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    # 4x4 logits: class 1 on the left half, class 0 on the right; the original image is 4x8.
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[0, 1, :, :2], logits[0, 0, :, 2:] = 5.0, 5.0
+    orig = torch.zeros(4, 8, dtype=torch.uint8)
+    orig[:, :4] = 1
+    orig[0, 0], orig[3, 7] = 255, 2  # an ignored pixel and a missed class-2 pixel
+    resized = torch.zeros(1, 4, 4, dtype=torch.long)
+    resized[0, :, :2] = 1
+
+    at_original = MulticlassConfusionMatrix(3, ignore_index=255)
+    SegmentationTask.update_metrics([at_original], logits, resized, [{"orig_mask": orig}])
+    expected = torch.tensor([[15, 0, 0], [0, 15, 0], [1, 0, 0]])  # 31 scored pixels, not 16
+    assert torch.equal(at_original.compute(), expected)
+
+    at_batch = MulticlassConfusionMatrix(3, ignore_index=255)
+    SegmentationTask.update_metrics([at_batch], logits, resized, [{"mask": resized[0]}])
+    assert torch.equal(at_batch.compute(), torch.tensor([[8, 0, 0], [0, 8, 0], [0, 0, 0]]))
