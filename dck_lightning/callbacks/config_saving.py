@@ -73,12 +73,18 @@ class SaveRunConfig(SaveConfigCallback):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         self._wandb_config = config
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.config.update(config, allow_val_change=True)
-                saved = Path(log_dir or "") / self.config_filename
-                if saved.is_file():
-                    logger.experiment.save(str(saved), base_path=str(saved.parent), policy="now")
+        saved = Path(log_dir or "") / self.config_filename
+        for logger in self._update_wandb_config(trainer, config):
+            if saved.is_file():
+                logger.experiment.save(str(saved), base_path=str(saved.parent), policy="now")
+
+    @staticmethod
+    def _update_wandb_config(trainer: pl.Trainer, config: dict[str, Any]) -> list[WandbLogger]:
+        """Write ``config`` into every attached W&B run's config; return their loggers."""
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        for logger in loggers:
+            logger.experiment.config.update(config, allow_val_change=True)
+        return loggers
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Put the CLI's sections back on top of the W&B run's config.
@@ -88,8 +94,5 @@ class SaveRunConfig(SaveConfigCallback):
         would replace the CLI's ``model`` section there.
         """
         config = getattr(self, "_wandb_config", None)  # set on global rank 0 only
-        if config is None:
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.config.update(config, allow_val_change=True)
+        if config is not None:
+            self._update_wandb_config(trainer, config)

@@ -54,7 +54,8 @@ class PredictionImageLogger(Callback):
 
     - logs them as W&B images under ``key`` when a :class:`~pytorch_lightning.loggers.WandbLogger`
       is attached (``WandbLogger.log_image``, with the captions);
-    - otherwise writes ``<trainer.log_dir>/images/epoch_XXX_step_YYYYYYY_NN.png`` and appends
+    - otherwise writes ``<trainer.log_dir>/images/epoch_<epoch:03d>_step_<step:07d>_<n:02d>.png``
+      (``epoch_004_step_0001280_00.png``) and appends
       ``<file name>\t<caption>`` lines to ``images/captions.tsv``.
 
     The module's method runs in eval mode under ``no_grad`` (validation), on rank 0 only — no

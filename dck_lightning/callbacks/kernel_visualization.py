@@ -13,7 +13,8 @@ Every ``every_n_epochs`` training epochs (counted from 1) the callback
   training batch when there is no validation) and logs them as W&B images
   (``kernels/receptive_fields``, ``kernels/offsets``) when a
   :class:`~pytorch_lightning.loggers.WandbLogger` is attached, or writes
-  ``<trainer.log_dir>/kernels/epoch_XXX_{receptive_fields,offsets}.png`` otherwise.
+  ``<trainer.log_dir>/kernels/epoch_<epoch:03d>_{receptive_fields,offsets}.png`` otherwise
+  (``epoch_004_offsets.png``).
 
 Rendering runs the model on one image in eval mode under ``no_grad``, on rank 0 only (no
 collective operations happen there). A model without DCK or deformable layers logs nothing.

@@ -254,7 +254,7 @@ class SegmentationTask(BaseTask):
 
     def training_step(self, batch: SegmentationBatch, batch_idx: int) -> Tensor:
         loss, logits, masks = self._shared_step(batch, "train")
-        self.train_metrics.update(logits.argmax(dim=1), masks)
+        self.update_metrics([self.train_metrics], logits, masks, batch[1])
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
