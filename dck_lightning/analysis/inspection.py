@@ -87,7 +87,7 @@ def load_task(
 def _task_class_of(checkpoint: Path) -> type:
     class_path = None
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
         class_path = (state.get("hyper_parameters") or {}).get("_class_path")
     except Exception:  # unreadable metadata: fall back to the config
         pass
