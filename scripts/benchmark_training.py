@@ -9,7 +9,7 @@
 2. The DataModule's own images/s with augmentation on (loader + on-device batch transform,
    no model), against the images/s the model consumes. Target: ≥ 10×.
 
-Data: the real MNIST test split from ``../shared/data/mnist-t10k`` when present (used as
+Data: the real MNIST test split from ``$DCK_SHARED_DATA/mnist-t10k`` when present (used as
 both training and test images, since the training images are not shipped), else random
 digits in the same IDX format.
 
@@ -61,7 +61,7 @@ def mnist_dir(root: Path) -> tuple[Path, str]:
         for split in ("train", "t10k"):
             for kind in ("images-idx3", "labels-idx1"):
                 shutil.copy(shared / f"t10k-{kind}-ubyte.gz", raw / f"{split}-{kind}-ubyte.gz")
-        return root, f"real MNIST t10k ({shared})"
+        return root, "real MNIST t10k (`$DCK_SHARED_DATA/mnist-t10k`)"
     rng = np.random.default_rng(0)
     for split, n in (("train", 10000), ("t10k", 1000)):
         write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))

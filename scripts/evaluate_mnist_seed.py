@@ -1,16 +1,20 @@
 """Train ``configs/mnist_seed.yaml`` on real digits and report its test accuracy.
 
-The shared sample has only MNIST's 10,000 test images, so they are split 80/20 by index:
+The sample of real data (``$DCK_SHARED_DATA/mnist-t10k``: MNIST's t10k IDX files) has only
+MNIST's 10,000 test images, so they are split 80/20 by index:
 images 0–7999 become the training set (of which the config's ``val_split: 0.1`` holds out
 800 for validation, seeded) and images 8000–9999 the test set. Both are written in the
 original IDX gzip format into a temporary ``data_dir`` and read by ``MNISTDataModule``.
 
-    python scripts/evaluate_mnist_seed.py [--mnist-dir ../shared/data/mnist-t10k] [--runs runs]
+    python scripts/evaluate_mnist_seed.py [--mnist-dir DIR] [--runs runs]
+
+``--mnist-dir`` defaults to ``$DCK_SHARED_DATA/mnist-t10k``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -37,8 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    shared = os.environ.get("DCK_SHARED_DATA")
     parser.add_argument(
-        "--mnist-dir", type=Path, default=REPO.parent / "shared" / "data" / "mnist-t10k"
+        "--mnist-dir",
+        type=Path,
+        default=Path(shared) / "mnist-t10k" if shared else None,
+        required=not shared,
+        help="folder with t10k-{images-idx3,labels-idx1}-ubyte.gz (default: $DCK_SHARED_DATA/mnist-t10k)",
     )
     parser.add_argument("--runs", default="runs")
     args, overrides = parser.parse_known_args(argv)

@@ -31,4 +31,5 @@ def shared_data() -> Path:
 def _isolated_run_dir(monkeypatch):
     """A CLI built in-process (not through ``main``) leaves ``DCK_RUN_DIR`` set for the DDP
     processes it would start; never let it leak from one test into the next."""
-    monkeypatch.delenv("DCK_RUN_DIR", raising=False)
+    monkeypatch.setenv("DCK_RUN_DIR", "")  # recorded, so teardown removes what the test set
+    monkeypatch.delenv("DCK_RUN_DIR")

@@ -10,12 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-__all__ = ["DataNotFoundError", "prepare_command"]
+__all__ = ["PREPARE_DATA_COMMAND", "DataNotFoundError", "prepare_command"]
+
+
+#: The console command installed with the package (``[options.entry_points]`` in ``setup.cfg``)
+#: that downloads a dataset: :mod:`dck_lightning.data.prepare`.
+PREPARE_DATA_COMMAND = "dck-prepare-data"
 
 
 def prepare_command(dataset: str, data_dir: Union[str, Path]) -> str:
-    """The ``scripts/prepare_data.py`` command line that downloads ``dataset`` into ``data_dir``."""
-    return f"python scripts/prepare_data.py --dataset {dataset} --data-dir {data_dir}"
+    """The ``dck-prepare-data`` command line that downloads ``dataset`` into ``data_dir``."""
+    return f"{PREPARE_DATA_COMMAND} --dataset {dataset} --data-dir {data_dir}"
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -70,9 +75,7 @@ class DataNotFoundError(FileNotFoundError):
             lines.append("Missing:")
             lines += [f"  {name}" for name in self.missing]
         if self.command is not None:
-            lines.append(
-                "Fetch them on a machine with network access (from the repository root) with:"
-            )
+            lines.append("Fetch them on a machine with network access with:")
             lines.append(f"  {self.command}")
             lines.append(
                 f"then copy {self.data_dir} to this machine, or pass download=True "

@@ -130,7 +130,7 @@ class MNISTDataModule(InMemoryClassificationDataModule):
         missing: Optional[Sequence[str]] = None,
         download_error: Optional[BaseException] = None,
     ) -> DataNotFoundError:
-        """Name ``data_dir``, the four IDX files and the ``prepare_data.py`` command."""
+        """Name ``data_dir``, the four IDX files and the ``dck-prepare-data`` command."""
         data_dir = self.data_dir.resolve()
         return DataNotFoundError(
             "MNIST",

@@ -10,7 +10,7 @@ Files are downloaded (``download=True``) only in :meth:`~VOCDataModule.prepare_d
 through ``torchvision.datasets``; :meth:`~VOCDataModule.setup` only reads, needs only
 the image sets of the stage being set up, and raises
 :class:`~dck_lightning.data.errors.DataNotFoundError` naming ``data_dir``, the expected
-files and the ``scripts/prepare_data.py`` command when they are missing.
+files and the ``dck-prepare-data`` command when they are missing.
 
 Images are augmented, resized to ``image_size x image_size`` and normalised with the
 ImageNet ``mean``/``std`` by albumentations in the loader workers, so batches leave the

@@ -155,7 +155,7 @@ def data_not_found(
     download_error: Optional[BaseException] = None,
 ) -> DataNotFoundError:
     """A :class:`DataNotFoundError` naming ``data_dir``, the required and missing paths
-    (relative to ``data_dir``) and the ``scripts/prepare_data.py`` command per VOC year."""
+    (relative to ``data_dir``) and the ``dck-prepare-data`` command per VOC year."""
     root = Path(data_dir).expanduser()
 
     def shown(path: Path) -> str:

@@ -1,10 +1,11 @@
 """Pascal VOC object detection: annotation parsing and the dataset.
 
 Annotations are read with :meth:`torchvision.datasets.VOCDetection.parse_voc_xml`
-and checked (class names, box inside the image, positive area) once, at dataset
+and checked (class names, box inside the image, corners in order) once, at dataset
 construction. VOC box corners are 1-based inclusive pixel indices; they become
 continuous pixel coordinates ``(xmin - 1, ymin - 1, xmax, ymax)`` (the detectron2
-convention), so a box ``xmin=1 .. xmax=W`` spans the whole width ``[0, W]``.
+convention), so a box ``xmin=1 .. xmax=W`` spans the whole width ``[0, W]`` and a box with
+``xmin == xmax`` is one pixel wide.
 
 A target holds every object, ``difficult`` ones flagged (the mAP metric ignores
 them); with ``keep_difficult=False`` (training) they are left out.
@@ -108,8 +109,9 @@ def _to_pixel_box(
     """Check a 1-based VOC box and return it as clipped continuous ``xyxy``."""
     xmin, ymin, xmax, ymax = corners
     described = f"box of {VOC_CLASSES[label]!r} (xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g})"
-    if xmax <= xmin or ymax <= ymin:
-        raise InvalidAnnotationError(path, f"{described} has zero or negative area")
+    # Inclusive corners: xmax == xmin is a box one pixel wide ([xmin - 1, xmax] continuous).
+    if xmax < xmin or ymax < ymin:
+        raise InvalidAnnotationError(path, f"{described} has its max corner before its min corner")
     x1, y1, x2, y2 = xmin - 1.0, ymin - 1.0, xmax, ymax
     if (
         x1 < -BOX_TOLERANCE
@@ -127,7 +129,7 @@ def parse_voc_annotation(annotation_path: Path, image_path: Path) -> VOCDetectio
     The image size comes from ``<size>``, or from the image header when ``<size>``
     is missing. Raises :class:`MissingSampleFileError` when either file is missing
     and :class:`InvalidAnnotationError` for XML that does not parse, unknown class
-    names, and boxes outside the image or with zero area.
+    names, and boxes outside the image or with the max corner before the min corner.
     """
     require_file(annotation_path, "annotation XML")
     require_file(image_path, "image file")

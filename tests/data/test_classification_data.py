@@ -3,7 +3,8 @@
 All offline: downloads are replaced by failures where a test needs one.
 """
 
-import importlib.util
+import configparser
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from dck_lightning.data import (
     DataNotFoundError,
     ImageFolderDataModule,
     MNISTDataModule,
+    prepare,
     random_affine,
     random_crop,
     random_horizontal_flip,
@@ -151,7 +153,7 @@ def test_mnist_missing_data_error(tmp_path):
     assert str((tmp_path / "nowhere").resolve()) in message
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
         assert f"MNIST/raw/{name}" in message
-    command = f"python scripts/prepare_data.py --dataset mnist --data-dir {(tmp_path / 'nowhere').resolve()}"
+    command = f"dck-prepare-data --dataset mnist --data-dir {(tmp_path / 'nowhere').resolve()}"
     assert command in message
     assert info.value.data_dir == (tmp_path / "nowhere").resolve()
 
@@ -168,7 +170,7 @@ def test_mnist_download_failure_is_explained(tmp_path, monkeypatch):
     message = str(info.value)
     assert "Downloading MNIST" in message and "failed" in message and "network" in message
     assert "Temporary failure in name resolution" in message
-    assert "prepare_data.py --dataset mnist" in message
+    assert "dck-prepare-data --dataset mnist" in message
     assert isinstance(info.value.__cause__, URLError)
 
 
@@ -277,10 +279,7 @@ def test_cifar_missing_data_error(tmp_path):
         "cifar-10-batches-py/data_batch_1" in message
         and "cifar-10-batches-py/test_batch" in message
     )
-    assert (
-        f"python scripts/prepare_data.py --dataset cifar10 --data-dir {tmp_path.resolve()}"
-        in message
-    )
+    assert f"dck-prepare-data --dataset cifar10 --data-dir {tmp_path.resolve()}" in message
     assert "cifar10/train/<class>/*.png" in message
 
 
@@ -495,34 +494,58 @@ def test_trainer_gets_float_batches_and_augments_training_only(cifar_dir):
     torch.testing.assert_close(val, expected)  # validation batches are not augmented
 
 
-# -- scripts/prepare_data.py -----------------------------------------------------------------
+# -- dck-prepare-data (dck_lightning.data.prepare; scripts/prepare_data.py wraps it) ----------
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "prepare_data", REPO / "scripts" / "prepare_data.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _console_scripts() -> dict[str, str]:
+    """``[options.entry_points] console_scripts`` of setup.cfg: name -> ``module:function``."""
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=")) for line in lines)
 
 
-def test_prepare_data_help():
+def test_the_command_in_data_errors_is_an_installed_console_script(tmp_path, capsys):
+    """Every DataNotFoundError names ``dck-prepare-data``: a command the package installs
+    (a clone's scripts/ folder is not there for a pip-installed package)."""
+    with pytest.raises(DataNotFoundError) as info:
+        MNISTDataModule(str(tmp_path)).setup("fit")
+    command = info.value.command.split()[0]
+    target = _console_scripts()[command]
+    module, function = target.split(":")
+    entry_point = getattr(importlib.import_module(module), function)
+    with pytest.raises(SystemExit) as exit_info:
+        entry_point_args(entry_point, ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {command} ")
+    for word in ("--dataset", "--data-dir", "mnist", "cifar10", "voc2007", "voc2012", "all"):
+        assert word in out
+
+
+def entry_point_args(entry_point, args):
+    """Run a console-script function with ``sys.argv`` set as the installed script would."""
+    saved = sys.argv
+    sys.argv = [entry_point.__name__, *args]
+    try:
+        entry_point()
+    finally:
+        sys.argv = saved
+
+
+def test_prepare_data_script_wraps_the_package_command():
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--help"],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode == 0
-    for word in ("--dataset", "--data-dir", "mnist", "cifar10", "voc2007", "voc2012", "all"):
-        assert word in result.stdout
+    assert result.returncode == 0 and "--dataset" in result.stdout
 
 
 def test_prepare_data_reports_unreachable_download(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", _no_network)
-    script = _load_script()
-    assert script.main(["--dataset", "mnist", "--data-dir", str(tmp_path)]) == 1
+    assert prepare.main(["--dataset", "mnist", "--data-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "could not download" in err and "network" in err and str(tmp_path.resolve()) in err
 
@@ -530,8 +553,7 @@ def test_prepare_data_reports_unreachable_download(tmp_path, monkeypatch, capsys
 def test_prepare_data_skips_present_files(tmp_path, data_files, monkeypatch, capsys):
     data_files.write_mnist(tmp_path)
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", _no_network)
-    script = _load_script()
-    assert script.main(["--dataset", "mnist", "--data-dir", str(tmp_path)]) == 0
+    assert prepare.main(["--dataset", "mnist", "--data-dir", str(tmp_path)]) == 0
     assert "wrote" in capsys.readouterr().out
 
 

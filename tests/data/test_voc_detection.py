@@ -193,10 +193,7 @@ def test_missing_data_error_names_dir_files_and_command(tmp_path: Path) -> None:
     assert str((tmp_path / "nowhere").resolve()) in message
     assert "VOCdevkit/VOC2007/ImageSets/Main/test.txt" in message
     assert "VOCdevkit/VOC2007/JPEGImages/" in message
-    assert (
-        f"python scripts/prepare_data.py --dataset voc2007 --data-dir {tmp_path / 'nowhere'}"
-        in message
-    )
+    assert f"dck-prepare-data --dataset voc2007 --data-dir {tmp_path / 'nowhere'}" in message
     assert isinstance(info.value, FileNotFoundError)
 
 
@@ -318,13 +315,11 @@ BAD_INPUTS = {
         InvalidAnnotationError,
         "outside the 64x48 image",
     ),
-    "zero area": (
+    "max before min": (
         "Annotations/000001.xml",
-        _rewrite_box(
-            "<bndbox><xmin>10</xmin><ymin>8</ymin><xmax>10</xmax><ymax>30</ymax></bndbox>"
-        ),
+        _rewrite_box("<bndbox><xmin>10</xmin><ymin>8</ymin><xmax>9</xmax><ymax>30</ymax></bndbox>"),
         InvalidAnnotationError,
-        "zero or negative area",
+        "max corner before its min corner",
     ),
     "unknown class": (
         "Annotations/000001.xml",
@@ -358,6 +353,18 @@ def test_skip_invalid_drops_the_sample_with_a_warning(tree: Path, case: str, cap
         str(path) in record.getMessage() and reason in record.getMessage()
         for record in caplog.records
     )
+
+
+def test_one_pixel_wide_and_high_boxes_are_valid(tree: Path) -> None:
+    """VOC corners are inclusive and 1-based: ``xmin == xmax`` is a box one pixel wide."""
+    xml = tree / "VOCdevkit" / "VOC2007" / "Annotations" / "000001.xml"
+    _rewrite_box("<bndbox><xmin>10</xmin><ymin>8</ymin><xmax>10</xmax><ymax>8</ymax></bndbox>")(xml)
+    dataset = VOCDetectionDataset(tree, "2007", "trainval")
+    assert dataset.records[0].boxes.tolist() == [[9.0, 7.0, 10.0, 8.0]]
+    _, target = dataset[0]  # the eval pipeline (original size) keeps it
+    assert target["boxes"].tolist() == [[9.0, 7.0, 10.0, 8.0]] and target["labels"].tolist() == [
+        DOG
+    ]
 
 
 def test_corrupt_jpeg_raises_on_load_or_is_skipped(tree: Path, caplog) -> None:

@@ -183,7 +183,7 @@ def test_missing_data_error(tmp_path: Path) -> None:
     assert str((tmp_path / "empty").resolve()) in message
     assert "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt" in message
     assert "VOCdevkit/VOC2012/SegmentationClass/" in message
-    assert "python scripts/prepare_data.py --dataset voc2012 --data-dir" in message
+    assert "dck-prepare-data --dataset voc2012 --data-dir" in message
 
 
 # --------------------------------------------------------------------------- augmentation

@@ -128,7 +128,7 @@ CASES: list[Case] = [
         [
             "dck: error: MNIST data not found in data_dir=",
             "MNIST/raw/train-images-idx3-ubyte",
-            "python scripts/prepare_data.py --dataset mnist --data-dir",
+            "dck-prepare-data --dataset mnist --data-dir",
         ],
     ),
     (
@@ -145,7 +145,7 @@ CASES: list[Case] = [
         2,
         [
             "dck: error: CIFAR-10 data not found",
-            "python scripts/prepare_data.py --dataset cifar10 --data-dir",
+            "dck-prepare-data --dataset cifar10 --data-dir",
         ],
     ),
     # -- checkpoints ---------------------------------------------------------------------------

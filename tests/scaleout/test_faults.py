@@ -121,12 +121,7 @@ def test_no_credentials_in_configs_hparams_logs_or_checkpoints(tmp_path, monkeyp
 # -- data preparation under a file lock ------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["filelock", "fcntl"])
-def test_file_lock_serialises_processes_and_threads(backend, tmp_path, monkeypatch):
-    if backend == "fcntl":
-        monkeypatch.setitem(
-            sys.modules, "filelock", None
-        )  # `import filelock` fails: fcntl fallback
+def test_file_lock_serialises_processes_and_threads(tmp_path):
     lock, log = tmp_path / "sub" / "x.lock", []
 
     def work(name: str) -> None:
