@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from .callbacks import RunSummary, SaveRunConfig
+from .callbacks import RunSummary, SaveRunConfig, TerminalAwareProgressBar
 from .callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from .callbacks.preemption import PreemptionCheckpoint
 from .callbacks.resume import ResumeState
@@ -374,7 +374,8 @@ class DCKLightningCLI(LightningCLI):
                     name=f"{self.run_dir.parent.name}/{self.run_dir.name}",
                     id=self._wandb_id,
                     resume="allow",
-                    offline=mode == "offline",
+                    # `mode` goes to wandb.init; Lightning's `offline=True` would refuse
+                    # log_model, but an offline run keeps its artifacts for `wandb sync`.
                     log_model=run.log_model,
                     mode=mode,
                 )
@@ -425,6 +426,10 @@ class DCKLightningCLI(LightningCLI):
             )
         if logger is not False:
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if trainer_config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(TerminalAwareProgressBar())  # a few lines per epoch in a log file
         if run.nonfinite_loss != "off" and not any(
             isinstance(c, NonFiniteLossGuard) for c in callbacks
         ):

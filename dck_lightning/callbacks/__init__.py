@@ -2,10 +2,17 @@
 
 from .config_saving import SaveRunConfig, redact_secrets
 from .kernel_visualization import KernelVisualizationCallback
+from .progress import TerminalAwareProgressBar
 from .run_summary import RunSummary
 from .throughput import EpochThroughput
 
-__all__ = ["EpochThroughput", "RunSummary", "SaveRunConfig", "redact_secrets"]
+__all__ = [
+    "EpochThroughput",
+    "RunSummary",
+    "SaveRunConfig",
+    "TerminalAwareProgressBar",
+    "redact_secrets",
+]
 
 # -- scale-out and fault tolerance (issue 6) --
 from .guards import NonFiniteLossError, NonFiniteLossGuard  # noqa: E402

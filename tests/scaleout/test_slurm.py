@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -164,3 +165,17 @@ def test_sigusr1_requeues_and_the_requeued_job_resumes(tmp_path):
     )  # 3 epochs × 2 batches: nothing lost or repeated
     assert [p.name for p in (tmp_path / "runs" / "default").iterdir()] == ["slurm-4242"]
     assert (run_dir / "config_1.yaml").is_file()  # the first config kept
+
+
+def test_the_job_log_gets_a_few_progress_lines_per_epoch_not_one_per_batch(tmp_path):
+    """SLURM writes stdout to a file: the progress bar refreshes ~10 times per epoch there."""
+    stub_dir = stubs(tmp_path / "bin", execute=True)
+    env = slurm_env(stub_dir, DCK="python -m dck_lightning.cli")
+    args = tiny_args(tmp_path / "runs", "--trainer.accelerator", "cpu")
+    args += ["--trainer.enable_progress_bar", "true", "--trainer.limit_train_batches", "40"]
+    args += ["--data.init_args.num_train", "320"]
+    done = run(["bash", str(SCRIPT), *args], env, timeout=180)
+    shown = [int(n) for n in re.findall(r"Epoch 0:[^\r\n]*?\|\s*(\d+)/40", done.stdout)]
+    assert shown and shown[-1] == 40
+    assert set(shown) <= {0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40}, shown  # every 40/10 batches
+    assert len(done.stdout) < 8000, len(done.stdout)
