@@ -220,17 +220,38 @@ def _task_name(class_path: Any) -> Optional[str]:
     return str(class_path).rsplit(".", 1)[-1] if class_path else None
 
 
-#: Hyperparameters naming the network: the backbone preset (``model`` for classification,
-#: ``backbone`` for detection and segmentation) and the head.
+#: Hyperparameters naming the network: the backbone (a preset name, or the backbone's
+#: ``class_path`` + ``init_args``; ``model`` in checkpoints older than the typed backbone) and
+#: the head.
 MODEL_KEYS = ("model", "backbone", "head")
 
 
+def _name(value: Any) -> Any:
+    """A preset name, or the class name of a ``class_path`` spec (dict or Namespace)."""
+    class_path = _get(value, "class_path") if not isinstance(value, str) else None
+    return str(class_path).rsplit(".", 1)[-1] if class_path else value
+
+
 def _check_same(path: Union[str, Path], key: str, saved: Any, wanted: Any) -> None:
+    saved, wanted = _name(saved), _name(wanted)
     if isinstance(saved, str) and isinstance(wanted, str) and saved != wanted:
         raise CheckpointError(
             f"checkpoint {path} holds a {saved!r} {key}, but this run builds {wanted!r}: set "
-            f"--model.init_args.{key} {saved} (and the same *_kwargs) or use another checkpoint"
+            f"--model.init_args.{key} {saved} (and the same arguments) or use another checkpoint"
         )
+
+
+def _backbone_differences(saved: Any, current: Any) -> str:
+    """`` The checkpoint's backbone has widths=[8, 16] (this run: [32, 64]).`` or ``""``."""
+    saved_args, current_args = _get(saved, "init_args"), _get(current, "init_args")
+    if not isinstance(saved_args, Mapping) or not isinstance(current_args, Mapping):
+        return ""
+    changed = [
+        f"{key}={saved_args[key]} (this run: {current_args.get(key)})"
+        for key in saved_args
+        if saved_args[key] != current_args.get(key)
+    ]
+    return f" The checkpoint's backbone has {', '.join(changed)}." if changed else ""
 
 
 def _get(config: Any, key: str) -> Any:
@@ -309,9 +330,7 @@ def check_compatible(
             problems.append(
                 f"{len(unexpected)} weight(s) the model does not have: {_short(unexpected)}"
             )
-        differs = ""
-        if hparams.get("model_kwargs") != current.get("model_kwargs") and "model_kwargs" in hparams:
-            differs = f" The checkpoint's model_kwargs are {hparams.get('model_kwargs')}, this run's {current.get('model_kwargs')}."
+        differs = _backbone_differences(hparams.get("backbone"), current.get("backbone"))
         if "num_classes" in hparams and hparams.get("num_classes") != current.get("num_classes"):
             differs += f" The checkpoint has {hparams['num_classes']} classes, this run {current.get('num_classes')}."
         raise CheckpointError(

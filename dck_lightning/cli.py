@@ -46,6 +46,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from . import cli_presets
 from .callbacks import RunSummary, SaveRunConfig, TerminalAwareProgressBar
 from .callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from .callbacks.preemption import PreemptionCheckpoint
@@ -78,13 +79,16 @@ from .runs import (
 )
 from .tasks import BaseTask
 
+cli_presets.install()  # another backbone preset brings its own values, see the module
+
 DEFAULT_MODEL = {
     "class_path": "dck_lightning.tasks.ClassificationTask",
     "init_args": {
-        "model": "dcb_small",
+        "backbone": {"class_path": "dck_lightning.models.dcb_small"},
         # A multi-scale max-pooled head: small shapes on textured backgrounds are learned
         # from the fine levels within a few epochs while the DCB stages catch up.
-        "model_kwargs": {"feature": "all", "pool": "max"},
+        "feature": "all",
+        "pool": "max",
         "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.002}},
     },
 }

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 DOCS = Path(__file__).resolve().parent
 MODES = ("adaptive", "static")  # "off" arrives as False through the CLI (YAML 1.1)
 SEEDS = (1, 2)
-SWITCH = "model.init_args.model_kwargs.dck"
+SWITCH = "model.init_args.backbone.init_args.dck"
 
 
 def train(root: Path, epochs: int, num_train: int) -> None:
@@ -36,7 +36,7 @@ def train(root: Path, epochs: int, num_train: int) -> None:
                 "fit", "--run.root", str(root), "--run.name", "ablation", "--run.wandb", "disabled",
                 "--seed_everything", str(seed), "--trainer.max_epochs", str(epochs),
                 "--trainer.enable_progress_bar", "false",
-                "--model.init_args.model_kwargs", json.dumps({"feature": "all", "pool": "max", "dck": mode}),
+                "--model.init_args.backbone.init_args.dck", mode,
                 "--data.init_args.num_train", str(num_train), "--data.init_args.num_val", "512",
             ])  # fmt: skip
 

@@ -60,8 +60,7 @@ def make_task(backbone: str, args: argparse.Namespace, device: torch.device) -> 
     torch.manual_seed(0)
     task = DetectionTask(
         detector=args.detector,
-        backbone=backbone,
-        backbone_kwargs=kwargs,
+        backbone={"class_path": backbone, "init_args": kwargs},
         fpn_levels=args.fpn_levels,
         fpn_channels=args.fpn_channels,
         head_convs=args.head_convs,

@@ -87,7 +87,7 @@ def _fit_args(root: Path, *extra: str) -> list[str]:
         "--trainer.limit_val_batches", "2",
         "--trainer.enable_progress_bar", "false",
         "--model.init_args.model", "dcb_resnet18",
-        "--model.init_args.model_kwargs", TINY_DCB,
+        "--model.init_args.backbone.init_args", TINY_DCB,
         "--data.init_args.image_size", "64",
         "--data.init_args.num_train", "256",
         "--data.init_args.num_val", "64",

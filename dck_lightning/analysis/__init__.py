@@ -11,8 +11,8 @@
     from dck_lightning.analysis import load_runs, plot_ablation, plot_learning_curves
 
     runs = load_runs("runs")
-    plot_learning_curves(runs, ["val/loss", "val/acc"], hue="model.init_args.model_kwargs.dck")
-    plot_ablation(runs, "model.init_args.model_kwargs.dck", "best/val/acc")
+    plot_learning_curves(runs, ["val/loss", "val/acc"], hue="model.init_args.backbone.init_args.dck")
+    plot_ablation(runs, "model.init_args.backbone.init_args.dck", "best/val/acc")
 """
 
 from .inspection import (

@@ -7,7 +7,7 @@ A run is a folder written by the ``dck`` CLI (see :mod:`dck_lightning.runs`)::
 or a W&B run, read through ``wandb.Api()``. Both give the same columns:
 
 - ``run`` (``<name>/<version>``), ``run_dir``, ``wandb_id``, ``source`` (``"local"`` / ``"wandb"``);
-- the resolved config flattened to dotted keys, e.g. ``model.init_args.model_kwargs.dck``,
+- the resolved config flattened to dotted keys, e.g. ``model.init_args.backbone.init_args.dck``,
   ``trainer.max_epochs``, ``seed_everything`` (lists become tuples so columns can be grouped);
 - ``best/<metric>`` and ``final/<metric>`` for every logged metric: the best value over the
   run with the metric's mode (:func:`metric_mode`: ``min`` for losses, ``max`` for accuracy,
@@ -19,7 +19,7 @@ or a W&B run, read through ``wandb.Api()``. Both give the same columns:
 Example::
 
     >>> runs = load_runs("runs")                                # every run below runs/
-    >>> runs.groupby("model.init_args.model_kwargs.dck")["best/val/acc"].agg(["mean", "std"])
+    >>> runs.groupby("model.init_args.backbone.init_args.dck")["best/val/acc"].agg(["mean", "std"])
     >>> history = load_history(runs.iloc[0])                    # per-step metrics of one run
 """
 
@@ -429,7 +429,7 @@ def _cli_config(config: Mapping[str, Any]) -> dict[str, Any]:
     Besides the resolved CLI config (``trainer``, ``model``, ``data``…, saved by
     :class:`~dck_lightning.callbacks.SaveRunConfig`) the W&B config holds W&B's own keys
     (``_wandb``) and the hyperparameters Lightning logs at the top level: the task's and the
-    DataModule's init arguments (``model_kwargs``, ``num_classes``, ``image_size``…), which
+    DataModule's init arguments (``backbone``, ``num_classes``, ``image_size``…), which
     repeat ``model.init_args.*`` / ``data.init_args.*``. They are dropped. When the task's
     ``model`` hyperparameter (a string, e.g. ``"dcb_small"``) has replaced the CLI's ``model``
     section, the section is rebuilt from the task's hyperparameters (``model.init_args.*``;
@@ -544,7 +544,7 @@ def load_runs(
 def varying_columns(runs: pd.DataFrame, prefix: str = "") -> list[str]:
     """Config columns (not run, metric or path columns) whose value differs between runs.
 
-    The ablation switches of a table, e.g. ``["model.init_args.model_kwargs.dck",
+    The ablation switches of a table, e.g. ``["model.init_args.backbone.init_args.dck",
     "seed_everything"]``. The ``run.*`` section (where and how a run logs), ``config`` and
     ``ckpt_path`` are left out: they never change the model.
     """

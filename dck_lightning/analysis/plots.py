@@ -125,7 +125,7 @@ def plot_learning_curves(
         runs: a table from :func:`~.loading.load_runs`, ``{label: history}``, or run folders.
         metrics: metric names (columns of the histories); missing ones give an empty panel.
         x: ``"epoch"`` (one point per epoch, per-step metrics averaged) or ``"step"``.
-        hue: a config column (e.g. ``"model.init_args.model_kwargs.dck"``): runs with the
+        hue: a config column (e.g. ``"model.init_args.backbone.init_args.dck"``): runs with the
             same value share a colour and a legend entry; default: one colour per run.
         label: column (or ``row -> str``) naming each run in the legend when ``hue`` is unset.
         ncols: panels per row.
@@ -192,7 +192,7 @@ def _switch_values(runs: pd.DataFrame, switch: Union[str, Sequence[str]]) -> pd.
         if name not in runs.columns:
             raise KeyError(
                 f"no column {name!r} in the runs table (config columns are dotted keys, e.g. "
-                "'model.init_args.model_kwargs.dck'; see varying_columns(runs))"
+                "'model.init_args.backbone.init_args.dck'; see varying_columns(runs))"
             )
 
     def key(row: pd.Series) -> str:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -223,7 +223,7 @@ class SegmentationModel(nn.Module):
 
 
 def create_segmentation_model(
-    backbone: str = "resnet18",
+    backbone: Union[str, DCBNet] = "resnet18",
     head: Literal["fpn", "deeplabv3"] = "fpn",
     num_classes: int = 21,
     in_channels: int = 3,
@@ -231,20 +231,24 @@ def create_segmentation_model(
     backbone_kwargs: Optional[dict[str, Any]] = None,
     head_kwargs: Optional[dict[str, Any]] = None,
 ) -> SegmentationModel:
-    """A :class:`SegmentationModel` over the backbone preset ``backbone``.
+    """A :class:`SegmentationModel` over a backbone (or the preset named ``backbone``).
 
     Args:
-        backbone: a preset of :func:`~dck_lightning.models.registry.create_backbone`.
+        backbone: a :class:`DCBNet`, or a preset of
+            :func:`~dck_lightning.models.registry.create_backbone`.
         head: ``"fpn"`` or ``"deeplabv3"``.
         num_classes: classes, background included.
-        in_channels: image channels.
+        in_channels: image channels (preset names only).
         aux: add the auxiliary FCN head.
-        backbone_kwargs: :class:`DCBNet` arguments overriding the preset's.
+        backbone_kwargs: :class:`DCBNet` arguments overriding the preset's (preset names only).
         head_kwargs: further :class:`SegmentationModel` arguments (``fpn_channels``,
             ``channels``, ``norm``, ``feature``, ``atrous_rates``, ``aux_feature``).
     """
-    net = create_backbone(backbone, in_channels=in_channels, **dict(backbone_kwargs or {}))
-    return SegmentationModel(net, head, num_classes, aux, **dict(head_kwargs or {}))
+    if isinstance(backbone, str):
+        backbone = create_backbone(backbone, in_channels=in_channels, **dict(backbone_kwargs or {}))
+    elif backbone_kwargs:
+        raise ValueError("backbone_kwargs only apply to a backbone preset name")
+    return SegmentationModel(backbone, head, num_classes, aux, **dict(head_kwargs or {}))
 
 
 __all__ = [

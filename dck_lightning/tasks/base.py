@@ -5,25 +5,43 @@ As in torchgeo's ``BaseTask``: ``__init__`` saves the hyperparameters and calls
 override only what differs. ``monitor`` and ``mode`` are class attributes that the CLI's
 checkpoint callback reads.
 
-The optimiser and scheduler are injected the LightningCLI way (``OptimizerCallable`` /
-``LRSchedulerCallable``, i.e. ``class_path`` + ``init_args`` in the config). The dynamic
-parameters (DCK extent and localisation, deformable offsets) get their own group: no weight
-decay and ``lr × dynamic_lr_factor``.
+The backbone, the optimiser and the scheduler are injected the LightningCLI way
+(``class_path`` + ``init_args`` in the config; see :mod:`dck_lightning.models.registry` for
+the backbone). The dynamic parameters (DCK extent and localisation, deformable offsets) get
+their own group: no weight decay and ``lr × dynamic_lr_factor``.
+
+**One backbone prefix.** Wherever a task's model keeps the shared backbone (``model.backbone``
+in a classifier, ``model.detector.backbone.body`` in a detector…), its tensors are saved and
+loaded under ``backbone.`` in the task's state dict (and so in every checkpoint), which is what
+``backbone_weights`` reads: a classification checkpoint initialises a detector's backbone.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ..layers import split_dynamic_parameters
 from ..layers.validation import check_choice
-from ..models import count_flops, count_parameters
+from ..models import DCBNet, count_flops, count_parameters
+from ..models.registry import BackboneSpec, backbone_config
+from ..models.weights import BACKBONE_PREFIX, WeightsReport, load_backbone_weights
+
+
+def recordable_backbone(spec: BackboneSpec) -> Any:
+    """The backbone as the hyperparameters record it: the ``{"class_path", "init_args"}`` dict
+    with every argument (a function that is not a class cannot be written as one: kept)."""
+    try:
+        return backbone_config(spec)
+    except TypeError:
+        return spec
 
 
 class BaseTask(pl.LightningModule):
@@ -32,6 +50,11 @@ class BaseTask(pl.LightningModule):
     Args:
         num_classes (int): classes (linked from the DataModule by the CLI).
         in_channels (int): image channels (linked from the DataModule by the CLI).
+        backbone (BackboneFactory): the backbone class and its arguments, see
+            :mod:`dck_lightning.models.registry`; subclasses give the default.
+        backbone_weights (str, optional): initialise the backbone from this file when fitting
+            starts (not when resuming): any task's checkpoint or a torchvision ResNet state
+            dict, see :func:`~dck_lightning.models.weights.load_backbone_weights`.
         optimizer (OptimizerCallable): builds the optimiser from parameter groups.
             Default: :class:`torch.optim.AdamW` with its defaults (lr 1e-3).
         lr_scheduler (LRSchedulerCallable, optional): builds the scheduler from the optimiser.
@@ -47,6 +70,8 @@ class BaseTask(pl.LightningModule):
         self,
         num_classes: int = 10,
         in_channels: int = 3,
+        backbone: Optional[BackboneSpec] = None,
+        backbone_weights: Optional[str] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         dynamic_lr_factor: float = 1.0,
@@ -55,11 +80,16 @@ class BaseTask(pl.LightningModule):
         super().__init__()
         check_choice("lr_scheduler_interval", lr_scheduler_interval, ("epoch", "step"))
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if self.hparams.get("backbone") is not None:  # recorded with every argument's value
+            self.save_hyperparameters({"backbone": recordable_backbone(self.hparams.backbone)})
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        self._backbone_name = self._find_backbone()
+        self.register_state_dict_post_hook(_backbone_keys_out)
+        self.register_load_state_dict_pre_hook(_backbone_keys_in)
 
     # -- what subclasses provide ---------------------------------------------------------
     def configure_models(self) -> None:
@@ -74,6 +104,28 @@ class BaseTask(pl.LightningModule):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+    # -- the shared backbone -----------------------------------------------------------
+    def _find_backbone(self) -> Optional[str]:
+        """Attribute path of the backbone: the first :class:`DCBNet` inside the task, else
+        ``model`` itself (a whole classifier such as SeedNet)."""
+        for name, module in self.named_modules():
+            if isinstance(module, DCBNet):
+                return name
+        return "model" if isinstance(getattr(self, "model", None), nn.Module) else None
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The backbone module (saved under ``backbone.`` in the state dict)."""
+        if self._backbone_name is None:
+            raise AttributeError(f"{type(self).__name__} has no backbone")
+        return self.get_submodule(self._backbone_name)
+
+    def load_backbone_weights(self, path: str) -> WeightsReport:
+        """Initialise the backbone from ``path`` (see ``backbone_weights``); logs what was loaded."""
+        report = load_backbone_weights(self.backbone, path)
+        rank_zero_info(str(report))
+        return report
 
     # -- optimisation ------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -108,6 +160,9 @@ class BaseTask(pl.LightningModule):
         return torch.zeros(1, self.hparams.in_channels, *size, device=self.device)
 
     def on_fit_start(self) -> None:
+        # After a checkpoint was restored (trainer.ckpt_path set): a resumed run keeps its weights.
+        if self.hparams.get("backbone_weights") and self.trainer.ckpt_path is None:
+            self.load_backbone_weights(self.hparams.backbone_weights)
         example = self.example_input()
         flops = ""
         if example is not None:
@@ -118,3 +173,25 @@ class BaseTask(pl.LightningModule):
         rank_zero_info(
             f"{type(self).__name__}: {count_parameters(self.model) / 1e6:.3f} M parameters{flops}"
         )
+
+
+def _rename(state_dict: "OrderedDict[str, Any]", old: str, new: str) -> None:
+    """Rename the keys starting with ``old`` to start with ``new``, in place, keeping the order."""
+    if old == new or not any(key.startswith(old) for key in state_dict):
+        return
+    items = list(state_dict.items())
+    state_dict.clear()
+    for key, value in items:
+        state_dict[new + key[len(old) :] if key.startswith(old) else key] = value
+
+
+def _backbone_keys_out(module: BaseTask, state_dict: Any, prefix: str, local_metadata: Any) -> None:
+    """State-dict post-hook: ``<prefix><where the backbone is>.*`` → ``<prefix>backbone.*``."""
+    if module._backbone_name is not None:
+        _rename(state_dict, f"{prefix}{module._backbone_name}.", prefix + BACKBONE_PREFIX)
+
+
+def _backbone_keys_in(module: BaseTask, state_dict: Any, prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook: the inverse of :func:`_backbone_keys_out`."""
+    if module._backbone_name is not None:
+        _rename(state_dict, prefix + BACKBONE_PREFIX, f"{prefix}{module._backbone_name}.")

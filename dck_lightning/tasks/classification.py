@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union
 
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
@@ -10,20 +11,31 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from ..models import create_classifier
+from ..models import ImageClassifier
+from ..models.registry import BackboneFactory, ClassifierFactory, build_backbone, is_classifier
 from .base import BaseTask
+
+#: ``dcb_small``, with every argument at its default.
+DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.dcb_small"}
 
 
 class ClassificationTask(BaseTask):
-    """Classify images with a backbone preset + linear head, or SeedNet.
+    """Classify images with a backbone + pooling/linear head, or a whole classifier (SeedNet).
 
     Args:
-        model (str): ``"seednet"`` or a backbone preset (see ``list_backbones()``).
-        model_kwargs (dict, optional): arguments of the model, e.g. the DCB switches
-            ``{"dck": "static", "deform": false, "gcm": false}``.
+        backbone (BackboneFactory or ClassifierFactory): a backbone preset (``dcb_small``,
+            ``dcb_resnet18``, ``resnet18``…, see :mod:`dck_lightning.models.registry`) and its
+            arguments, e.g. the DCB switches ``dck``, ``deform``, ``gcm``; or ``SeedNet`` (the
+            design document's MNIST model, with its own head: ``feature``, ``pool`` and
+            ``dropout`` do not apply). Default: ``dcb_small``.
+        backbone_weights (str, optional): initialise the backbone from a checkpoint or a
+            torchvision ResNet state dict, see :class:`BaseTask`.
+        feature (str or list[str]): feature map(s) the head pools: ``"c5"`` (default), a list,
+            or ``"all"`` (multi-scale), see :class:`~dck_lightning.models.ImageClassifier`.
+        pool (str): ``"avg"`` (default), ``"max"`` or ``"avgmax"``.
+        dropout (float): dropout before the linear head. Default: 0.
         num_classes, in_channels: linked from the DataModule by the CLI.
         label_smoothing (float): label smoothing of the cross-entropy. Default: 0.
-        dropout (float): dropout before the linear head. Default: 0.
         class_names (list[str], optional): names for per-class metrics.
         optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval: see :class:`BaseTask`.
     """
@@ -33,34 +45,42 @@ class ClassificationTask(BaseTask):
 
     def __init__(
         self,
-        model: str = "dcb_small",
-        model_kwargs: Optional[dict[str, Any]] = None,
+        backbone: Union[BackboneFactory, ClassifierFactory] = DEFAULT_BACKBONE,
+        backbone_weights: Optional[str] = None,
+        feature: Union[str, Sequence[str]] = "c5",
+        pool: Literal["avg", "max", "avgmax"] = "avg",
+        dropout: float = 0.0,
         num_classes: int = 10,
         in_channels: int = 3,
         label_smoothing: float = 0.0,
-        dropout: float = 0.0,
         class_names: Optional[list[str]] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         dynamic_lr_factor: float = 1.0,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
-        self.model_name, self.model_kwargs = model, dict(model_kwargs or {})
         super().__init__(
-            num_classes,
-            in_channels,
-            optimizer,
-            lr_scheduler,
-            dynamic_lr_factor,
-            lr_scheduler_interval,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            dynamic_lr_factor=dynamic_lr_factor,
+            lr_scheduler_interval=lr_scheduler_interval,
         )
 
     def configure_models(self) -> None:
-        kwargs = dict(self.model_kwargs)
-        if self.model_name != "seednet":
-            kwargs["dropout"] = self.hparams.dropout
-        self.model = create_classifier(
-            self.model_name, self.hparams.num_classes, self.hparams.in_channels, **kwargs
+        hp = self.hparams
+        if is_classifier(hp.backbone):
+            self.model = build_backbone(hp.backbone, hp.in_channels, hp.num_classes)
+            return
+        self.model = ImageClassifier(
+            build_backbone(hp.backbone, hp.in_channels),
+            hp.num_classes,
+            feature=hp.feature if isinstance(hp.feature, str) else list(hp.feature),
+            dropout=hp.dropout,
+            pool=hp.pool,
         )
 
     def configure_losses(self) -> None:

@@ -31,7 +31,11 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes
 
 from ..models.detection import create_detector
+from ..models.registry import BackboneFactory, build_backbone
 from .base import BaseTask
+
+#: The plain ResNet-18, every argument at its default.
+DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.resnet18"}
 
 __all__ = ["DetectionTask", "coco_map", "metric_targets"]
 
@@ -107,9 +111,12 @@ class DetectionTask(BaseTask):
 
     Args:
         detector (str): ``"fcos"`` (default), ``"retinanet"`` or ``"faster_rcnn"``.
-        backbone (str): backbone preset (see ``list_backbones()``). Default: ``"resnet18"``.
-        backbone_kwargs (dict, optional): overrides of the preset, e.g.
-            ``{"widths": [32, 64, 96, 128], "dck_kernel_size": 3}``.
+        backbone (BackboneFactory): a backbone preset and its arguments (``dcb_resnet18``,
+            ``resnet18``…, see :mod:`dck_lightning.models.registry`), e.g.
+            ``{class_path: dcb_resnet18, init_args: {widths: [32, 64, 128, 256]}}``.
+            Default: ``resnet18``.
+        backbone_weights (str, optional): initialise the backbone from a checkpoint (of any
+            task) or a torchvision ResNet state dict, see :class:`BaseTask`.
         fpn_levels (list[str], optional): backbone features fed to the FPN. Default:
             ``["c3", "c4", "c5"]`` (+ P6, P7) for FCOS/RetinaNet, ``["c2", …, "c5"]`` (+ pool)
             for Faster R-CNN.
@@ -137,8 +144,8 @@ class DetectionTask(BaseTask):
     def __init__(
         self,
         detector: Literal["fcos", "retinanet", "faster_rcnn"] = "fcos",
-        backbone: str = "resnet18",
-        backbone_kwargs: Optional[dict[str, Any]] = None,
+        backbone: BackboneFactory = DEFAULT_BACKBONE,
+        backbone_weights: Optional[str] = None,
         fpn_levels: Optional[list[str]] = None,
         fpn_channels: int = 256,
         anchor_scale: Optional[float] = None,
@@ -155,22 +162,22 @@ class DetectionTask(BaseTask):
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         super().__init__(
-            num_classes,
-            in_channels,
-            optimizer,
-            lr_scheduler,
-            dynamic_lr_factor,
-            lr_scheduler_interval,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            dynamic_lr_factor=dynamic_lr_factor,
+            lr_scheduler_interval=lr_scheduler_interval,
         )
 
     def configure_models(self) -> None:
         h = self.hparams
         self.model = create_detector(
             h.detector,
-            h.backbone,
+            build_backbone(h.backbone, h.in_channels),
             num_classes=h.num_classes,
-            in_channels=h.in_channels,
-            backbone_kwargs=h.backbone_kwargs,
             fpn_levels=h.fpn_levels,
             fpn_channels=h.fpn_channels,
             anchor_scale=h.anchor_scale,

@@ -37,8 +37,12 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from torchvision.utils import draw_segmentation_masks
 
 from ..data.voc_common import voc_palette
+from ..models.registry import BackboneFactory, build_backbone
 from ..models.segmentation import HEADS, create_segmentation_model
 from .base import BaseTask
+
+#: The plain ResNet-18, every argument at its default.
+DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.resnet18"}
 
 IGNORE_INDEX = 255
 
@@ -77,9 +81,10 @@ class SegmentationTask(BaseTask):
     Args:
         head (str): ``"fpn"`` (Panoptic-FPN semantic head) or ``"deeplabv3"`` (ASPP), see
             :mod:`dck_lightning.models.segmentation`.
-        backbone (str): a backbone preset (see ``list_backbones()``).
-        backbone_kwargs (dict, optional): :class:`~dck_lightning.models.DCBNet` arguments
-            overriding the preset's, e.g. ``{"widths": [32, 64, 96, 128], "dck": "static"}``.
+        backbone (BackboneFactory): a backbone preset and its arguments (``dcb_resnet18``,
+            ``resnet18``…, see :mod:`dck_lightning.models.registry`). Default: ``resnet18``.
+        backbone_weights (str, optional): initialise the backbone from a checkpoint (of any
+            task) or a torchvision ResNet state dict, see :class:`BaseTask`.
         head_kwargs (dict, optional): further :class:`~dck_lightning.models.segmentation.SegmentationModel`
             arguments: ``fpn_channels``, ``channels``, ``norm``, ``feature``, ``atrous_rates``.
         aux_loss (bool): add torchvision's ``FCNHead`` on ``c4`` and its cross-entropy.
@@ -98,8 +103,8 @@ class SegmentationTask(BaseTask):
     def __init__(
         self,
         head: Literal["fpn", "deeplabv3"] = "fpn",
-        backbone: str = "resnet18",
-        backbone_kwargs: Optional[dict[str, Any]] = None,
+        backbone: BackboneFactory = DEFAULT_BACKBONE,
+        backbone_weights: Optional[str] = None,
         head_kwargs: Optional[dict[str, Any]] = None,
         aux_loss: bool = False,
         aux_weight: float = 0.4,
@@ -120,24 +125,24 @@ class SegmentationTask(BaseTask):
                 f"loss weights must be >= 0, got aux_weight={aux_weight}, dice_weight={dice_weight}"
             )
         super().__init__(
-            num_classes,
-            in_channels,
-            optimizer,
-            lr_scheduler,
-            dynamic_lr_factor,
-            lr_scheduler_interval,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            dynamic_lr_factor=dynamic_lr_factor,
+            lr_scheduler_interval=lr_scheduler_interval,
         )
 
     # -- model, loss, metrics ----------------------------------------------------------------
     def configure_models(self) -> None:
         hp = self.hparams
         self.model = create_segmentation_model(
-            hp.backbone,
+            build_backbone(hp.backbone, hp.in_channels),
             hp.head,
             hp.num_classes,
-            hp.in_channels,
             aux=hp.aux_loss,
-            backbone_kwargs=hp.backbone_kwargs,
             head_kwargs=hp.head_kwargs,
         )
 

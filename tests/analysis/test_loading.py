@@ -23,7 +23,7 @@ from dck_lightning.analysis import (
     varying_columns,
 )
 
-DCK = "model.init_args.model_kwargs.dck"
+DCK = "model.init_args.backbone.init_args.dck"
 
 
 def csv_column(run_dir: Path, name: str) -> list[float]:
@@ -44,7 +44,8 @@ def test_one_row_per_run_with_config_metrics_and_paths(
     assert list(runs[DCK][:4]) == ["adaptive", "adaptive", "static", "static"]
     assert list(runs["seed_everything"][:4]) == [1, 2, 1, 2]
     assert runs["model.class_path"].eq("dck_lightning.tasks.ClassificationTask").all()
-    assert runs["model.init_args.model_kwargs.widths"][0] == (8, 16, 24, 32)  # lists become tuples
+    widths = runs["model.init_args.backbone.init_args.widths"][0]
+    assert widths == (8, 16, 24, 32)  # lists become tuples
     assert runs["monitor"].eq("val/acc").all() and runs["epochs"].eq(2).all()
     for _, row in runs.iterrows():
         run_dir = Path(row["run_dir"])
@@ -191,10 +192,9 @@ class FakeRun:
         self.id = (run_dir / "wandb_run_id.txt").read_text().strip()
         self.name = f"{run_dir.parent.name}/{run_dir.name}"
         self.path = [*entity_project.split("/"), self.id]
-        # The run's config: the resolved CLI config (SaveRunConfig) plus W&B's internal keys.
         # The run's config: the resolved CLI config (SaveRunConfig), the hyperparameters
-        # Lightning logs at the top level afterwards (the task's "model": "dcb_small" replaces
-        # the CLI's "model" section; hparams_last=False: the other way round) and W&B's keys.
+        # Lightning logs at the top level afterwards (hparams_last=False: the other way round)
+        # and W&B's keys.
         cli = yaml.safe_load((run_dir / "config.yaml").read_text())
         hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
         self.config = {**cli, **hparams} if hparams_last else {**hparams, **cli}
@@ -257,15 +257,14 @@ def test_wandb_runs_give_the_same_columns(runs, wandb_run_dir, hparams_last):
         for c in runs.columns
         if c.startswith(("model.", "data.", "trainer.max_epochs", "seed")) and not pd.isna(local[c])
     ]
-    if hparams_last:  # the CLI's model section is lost: only the task's own arguments are known
-        config_columns = [c for c in config_columns if c.startswith("model.init_args.") and "optimizer" not in c
-                          or not c.startswith("model.")]  # fmt: skip
-        assert "model.class_path" not in table and pd.isna(row["monitor"])
-    assert "model.init_args.model_kwargs.widths" in config_columns
+    # No task hyperparameter is called "model" (the backbone is "backbone"), so Lightning's
+    # hyperparameters no longer replace the CLI's model section, whichever is logged last.
+    assert row["model.class_path"] == "dck_lightning.tasks.ClassificationTask"
+    assert "model.init_args.backbone.init_args.widths" in config_columns
     for column in [
         *metric_columns,
         *config_columns,
-        *([] if hparams_last else ["monitor"]),
+        "monitor",
         "epochs",
         "steps",
     ]:

@@ -39,7 +39,7 @@ from dck_lightning.analysis import (
 from dck_lightning.layers import DynamicConv2d
 from dck_lightning.tasks import ClassificationTask
 
-DCK = "model.init_args.model_kwargs.dck"
+DCK = "model.init_args.backbone.init_args.dck"
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +72,8 @@ def test_learning_curves(runs, ablation_runs):
     fig = plot_learning_curves(runs, ["train/loss_epoch", "val/acc", "no/such_metric"], hue=DCK)
     assert isinstance(fig, Figure)
     loss, acc, missing = fig.axes[:3]
-    assert legend_texts(acc) == ["dck=adaptive", "dck=static", "dck=(default)"]
+    # The "wandb" run did not set dck: it is recorded at its default, adaptive.
+    assert legend_texts(acc) == ["dck=adaptive", "dck=static"]
     assert len(acc.get_lines()) == 5 and not missing.get_lines()
     line = acc.get_lines()[0]
     assert list(line.get_xdata()) == [1, 2]  # "after epoch N"
@@ -87,18 +88,15 @@ def test_learning_curves(runs, ablation_runs):
 
 def test_ablation(runs):
     table = ablation_table(runs, DCK, "best/val/acc")
-    expected = (
-        runs.assign(g=runs[DCK].fillna("(default)"))
-        .groupby("g")["best/val/acc"]
-        .agg(["mean", "std", "count"])
-    )
-    assert set(table.index) == {"adaptive", "static", "(default)"}
+    expected = runs.groupby(DCK)["best/val/acc"].agg(["mean", "std", "count"])
+    assert not runs[DCK].isna().any()  # the run that did not set dck has its default value
+    assert set(table.index) == {"adaptive", "static"} and table.loc["adaptive", "count"] == 3
     for key in table.index:
         assert table.loc[key, "mean"] == pytest.approx(expected.loc[key, "mean"])
         assert table.loc[key, "count"] == expected.loc[key, "count"]
     fig = plot_ablation(runs, DCK, "best/val/acc")
     ax = fig.axes[0]
-    assert len(ax.patches) == 3 and [
+    assert len(ax.patches) == 2 and [
         t.get_text().split("\n")[0] for t in ax.get_xticklabels()
     ] == list(table.index)
     assert (
@@ -112,7 +110,7 @@ def test_ablation(runs):
     two = ablation_table(runs, [DCK, "seed_everything"])
     assert len(two) == 5
     with pytest.raises(KeyError, match="no column"):
-        plot_ablation(runs, "model.init_args.model_kwargs.nope")
+        plot_ablation(runs, "model.init_args.backbone.init_args.nope")
 
 
 def test_confusion_matrix_and_per_class():
@@ -217,21 +215,20 @@ def test_boxes_and_masks_are_drawn():
 def test_detection_and_segmentation_predictions_and_fields(task_name):
     from dck_lightning.data import SyntheticShapesDataModule
 
-    backbone = {"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}
+    backbone = {"class_path": "dcb_resnet18",
+                "init_args": {"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}}  # fmt: skip
     datamodule = SyntheticShapesDataModule(
         task_name, image_size=32, num_train=8, num_val=4, num_test=4, batch_size=4
     )
     if task_name == "detection":
         from dck_lightning.tasks.detection import DetectionTask
 
-        task = DetectionTask(backbone="dcb_resnet18", backbone_kwargs=backbone, fpn_channels=16, head_convs=1,
+        task = DetectionTask(backbone=backbone, fpn_channels=16, head_convs=1,
                              num_classes=datamodule.num_classes, score_thresh=0.0)  # fmt: skip
     else:
         from dck_lightning.tasks.segmentation import SegmentationTask
 
-        task = SegmentationTask(
-            backbone="dcb_resnet18", backbone_kwargs=backbone, num_classes=datamodule.num_classes
-        )
+        task = SegmentationTask(backbone=backbone, num_classes=datamodule.num_classes)
     images, targets = sample_batch(datamodule, "val", 2)
     predictions = predict(task, images)
     assert len(predictions) == 2

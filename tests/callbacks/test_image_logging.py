@@ -103,8 +103,10 @@ def test_logs_to_an_offline_wandb_run(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     task = DetectionTask(
-        backbone="resnet18",
-        backbone_kwargs={"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1]},
+        backbone={
+            "class_path": "resnet18",
+            "init_args": {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1]},
+        },
         fpn_channels=16,
         head_convs=1,
         num_classes=6,

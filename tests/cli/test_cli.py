@@ -31,7 +31,7 @@ def tiny_args(root: Path, *extra: str) -> list[str]:
         "1",
         "--trainer.enable_progress_bar",
         "false",
-        "--model.init_args.model_kwargs",
+        "--model.init_args.backbone.init_args",
         TINY_MODEL,
         "--data.init_args.image_size",
         "16",
@@ -102,7 +102,7 @@ def test_fit_then_validate_test_predict_from_the_checkpoint(tmp_path, capsys):
     assert b"val/acc" in records and b"train/loss_epoch" in records
     assert b"dcb_small" in records and b"SyntheticShapesDataModule" in records
     saved = yaml.safe_load((offline[0] / "files" / "config.yaml").read_text())
-    assert saved["model"]["init_args"]["model"] == "dcb_small"
+    assert saved["model"]["init_args"]["backbone"]["class_path"] == "dck_lightning.models.dcb_small"
 
     for command in ("validate", "test", "predict"):
         main(
@@ -214,6 +214,68 @@ def test_wandb_run_config_keeps_the_cli_sections(tmp_path):
     )
     logger = next(log for log in cli.trainer.loggers if isinstance(log, WandbLogger))
     config = dict(logger.experiment.config)  # the (finished) run's final config
-    assert config["model"]["init_args"]["model"] == "dcb_small"
+    assert (
+        config["model"]["init_args"]["backbone"]["class_path"] == "dck_lightning.models.dcb_small"
+    )
     assert config["data"]["class_path"].endswith("SyntheticShapesDataModule")
     assert config["trainer"]["max_epochs"] == 1
+    assert config["model"]["init_args"]["backbone"]["init_args"]["dck"] == "adaptive"  # a default
+
+
+# -- the typed backbone ----------------------------------------------------------------------
+
+
+def test_print_config_shows_every_backbone_argument_with_its_default(capsys):
+    backbone = print_config(capsys)["model"]["init_args"]["backbone"]
+    assert backbone["class_path"] == "dck_lightning.models.dcb_small"
+    assert backbone["init_args"] == {
+        "widths": [32, 64, 96, 128], "depths": [1, 1, 1, 1], "dcb_stages": [3, 4],
+        "stem": "small", "stem_stride": 2, "dck": "adaptive", "deform": True, "gcm": True,
+        "dck_kernel_size": 5, "center_constraint": [2.0, 2.0], "stem_width": None, "backend": None,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model.init_args.backbone", "resnet18"], {"widths": [64, 128, 256, 512], "dcb_stages": [], "stem": "resnet"}),
+        (["--model.init_args.backbone.init_args.widths", "[8, 16, 24, 32]", "--model.init_args.backbone", "resnet18"],
+         {"widths": [8, 16, 24, 32], "depths": [2, 2, 2, 2], "dcb_stages": []}),
+        (["--model.init_args.backbone.dck", "static"], {"dck": "static", "widths": [32, 64, 96, 128]}),
+        (["--model.init_args.backbone", "dcb_resnet34", "--model.init_args.backbone.init_args.gcm", "false"],
+         {"depths": [3, 4, 6, 3], "dcb_stages": [3, 4], "gcm": False}),
+    ],
+)  # fmt: skip
+def test_a_preset_is_one_word_and_brings_its_own_values(capsys, args, expected):
+    """Another preset's values replace the defaults of the one before; values given carry over."""
+    init_args = print_config(capsys, *args)["model"]["init_args"]["backbone"]["init_args"]
+    assert {key: init_args[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.init_args.backbone.init_args.dkc", "static"], "dkc"),
+        (["--model.init_args.backbone.init_args.dck", "dynamic"], "dynamic"),
+        (["--model.init_args.backbone", "vgg16"], "vgg16"),
+        (["--model.init_args.model_kwargs", "{dck: static}"], "model_kwargs"),
+    ],
+)
+def test_a_wrong_backbone_key_or_value_stops_before_anything_runs(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--run.root", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing ran: no run folder
+
+
+def test_config_and_load_runs_carry_backbone_defaults(tmp_path):
+    from dck_lightning.analysis import load_runs
+
+    main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled")])
+    saved = yaml.safe_load((tmp_path / "default" / "version_0" / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["backbone"]["init_args"]["gcm"] is True
+    runs = load_runs(tmp_path)
+    assert runs["model.init_args.backbone.init_args.dck"].tolist() == ["adaptive"]
+    assert runs["model.init_args.backbone.init_args.deform"].tolist() == [True]

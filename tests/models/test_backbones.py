@@ -115,3 +115,113 @@ def test_flops_and_parameters_are_counted():
     flops = count_flops(net, torch.randn(1, 3, 32, 32))
     assert flops > 1e6
     assert count_parameters(net) > count_parameters(net, trainable_only=True) - 1
+
+
+# -- presets as typed classes, and weights from files --------------------------------------------
+
+
+def test_presets_are_dcbnet_classes_with_their_values_as_defaults():
+    from dck_lightning.models import BACKBONES, backbone_config, dcb_small
+
+    assert set(BACKBONES) == set(list_backbones()) and BACKBONES["dcb_small"] is dcb_small
+    config = backbone_config("dcb_small")
+    assert config["class_path"] == "dck_lightning.models.dcb_small"
+    assert config["init_args"] == {
+        "widths": [32, 64, 96, 128],
+        "depths": [1, 1, 1, 1],
+        "dcb_stages": [3, 4],
+        "dck": "adaptive",
+        "deform": True,
+        "gcm": True,
+        "dck_kernel_size": 5,
+        "center_constraint": [2.0, 2.0],
+        "stem": "small",
+        "stem_width": None,
+        "stem_stride": 2,
+        "backend": None,
+    }
+    net = dcb_small(in_channels=1, dck="static")
+    assert isinstance(net, DCBNet) and net.out_channels["c5"] == 128
+    assert not any(m.adaptive for m in net.modules() if isinstance(m, DynamicConv2d))
+    assert backbone_config("resnet18")["init_args"]["dcb_stages"] == []
+    with pytest.raises(ValueError, match=r"has no argument\(s\) \['dkc'\]"):
+        backbone_config({"class_path": "dcb_small", "init_args": {"dkc": "static"}})
+
+
+def _torchvision_file(tmp_path, arch: str) -> tuple:
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, arch)().eval()
+    for module in reference.modules():  # non-trivial batch-norm statistics
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    path = tmp_path / f"{arch}.pth"
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_plain_presets_reproduce_torchvision_features_from_its_weights(tmp_path, arch):
+    from dck_lightning.models import load_backbone_weights
+
+    reference, path = _torchvision_file(tmp_path, arch)
+    ours = create_backbone(arch).eval()
+    report = load_backbone_weights(ours, path)
+    assert not report.missing and not report.other_shape
+    assert report.unused == ["fc.weight", "fc.bias"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = ours(x)
+        y = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
+        for name, layer in zip(("c2", "c3", "c4", "c5"), ("layer1", "layer2", "layer3", "layer4")):
+            y = getattr(reference, layer)(y)
+            torch.testing.assert_close(features[name], y, rtol=0, atol=0)
+
+
+def test_dcb_preset_loads_what_maps_from_torchvision_and_reports_the_rest(tmp_path, capsys):
+    from dck_lightning.models import load_backbone_weights
+
+    reference, path = _torchvision_file(tmp_path, "resnet18")
+    net = create_backbone("dcb_resnet18", dck_kernel_size=3)
+    report = load_backbone_weights(net, path)
+    state = reference.state_dict()
+    own = net.state_dict()
+    # Stem and the plain stages 1-2: every tensor; DCB stages: the BasicBlock's 3×3 convs,
+    # norms and shortcuts in the DCK conv block, the second conv block and the shortcut.
+    torch.testing.assert_close(own["stem.0.weight"], state["conv1.weight"])
+    torch.testing.assert_close(own["stages.1.1.conv2.weight"], state["layer2.1.conv2.weight"])
+    torch.testing.assert_close(own["stages.2.0.dck.conv.weight"], state["layer3.0.conv1.weight"])
+    torch.testing.assert_close(
+        own["stages.3.1.conv.norm.running_var"], state["layer4.1.bn2.running_var"]
+    )
+    torch.testing.assert_close(
+        own["stages.2.0.shortcut.0.weight"], state["layer3.0.downsample.0.weight"]
+    )
+    assert (
+        "stages.2.0.deform.weight" in report.missing
+        and "stages.2.0.gcm.gef.0.weight" in report.missing
+    )
+    assert len(report.loaded) == len([k for k in state if not k.startswith("fc.")])
+    text = str(report)
+    assert text.startswith(
+        f"backbone_weights {path} (torchvision ResNet): loaded 120 of the backbone's 252"
+    )
+    assert "stages.2.0.dck.conv.extent" in text.split("not in the file:")[1]
+    # A 5×5 DCK cannot take the 3×3 kernel: reported as another shape, not loaded.
+    wide = load_backbone_weights(create_backbone("dcb_resnet18"), path)
+    assert "stages.2.0.dck.conv.weight (256, 128, 5, 5) vs (256, 128, 3, 3)" in wide.other_shape
+
+
+def test_backbone_weights_errors_name_the_file(tmp_path):
+    from dck_lightning.models import load_backbone_weights
+
+    net = create_backbone("resnet18", **TINY)
+    with pytest.raises(FileNotFoundError, match="no such file .*nothing.pth"):
+        load_backbone_weights(net, tmp_path / "nothing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="junk.pth is not a readable torch file"):
+        load_backbone_weights(net, tmp_path / "junk.pth")
+    torch.save({"state_dict": {"model.head.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="other.ckpt has no 'backbone.\\*' tensors"):
+        load_backbone_weights(net, tmp_path / "other.ckpt")

@@ -38,7 +38,7 @@ def tiny_args(root: Path, *extra: str) -> list[str]:
         "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
-        "--model.init_args.model_kwargs", TINY_MODEL,
+        "--model.init_args.backbone.init_args", TINY_MODEL,
         "--data.init_args.image_size", "16",
         "--data.init_args.num_train", "32",
         "--data.init_args.num_val", "16",

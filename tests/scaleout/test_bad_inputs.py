@@ -218,9 +218,9 @@ CASES: list[Case] = [
     (
         "ckpt-other-backbone",
         "validate",
-        lambda t, g: ["T", "--model.init_args.model", "resnet18", "--ckpt_path", str(g)],
+        lambda t, g: ["T", "--model.init_args.backbone", "resnet18", "--ckpt_path", str(g)],
         2,
-        ["last.ckpt holds a 'dcb_small' model, but this run builds 'resnet18'"],
+        ["last.ckpt holds a 'dcb_small' backbone, but this run builds 'resnet18'"],
     ),
     # The run folder's own checkpoint (auto-resume) after the config was edited to wider layers.
     (
@@ -230,14 +230,14 @@ CASES: list[Case] = [
             "T",
             "--run.version",
             _in_run_folder(t, g),
-            "--model.init_args.model_kwargs",
+            "--model.init_args.backbone.init_args",
             WIDER,
         ],
         2,
         [
             "edited/checkpoints/last.ckpt does not fit this run's ClassificationTask:",
             "tensor(s) of another shape (checkpoint vs model)",
-            "The checkpoint's model_kwargs are",
+            "The checkpoint's backbone has widths=[8, 16, 24, 32] (this run: [8, 16, 24, 48])",
         ],
     ),
 ]

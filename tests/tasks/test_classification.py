@@ -9,13 +9,15 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dck_lightning.data import SyntheticShapesDataModule
 from dck_lightning.layers import dynamic_parameter_names
+from dck_lightning.models import backbone_config
 from dck_lightning.tasks import ClassificationTask
 
 TINY = {"widths": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}
+BACKBONE = {"class_path": "dcb_small", "init_args": TINY}
 
 
 def make_task(**kwargs) -> ClassificationTask:
-    return ClassificationTask(model="dcb_small", model_kwargs=TINY, num_classes=6, **kwargs)
+    return ClassificationTask(backbone=BACKBONE, num_classes=6, **kwargs)
 
 
 def test_dynamic_parameters_get_their_own_group():
@@ -67,15 +69,21 @@ def test_bad_scheduler_interval():
 def test_metrics_per_stage_and_top5_only_with_enough_classes():
     task = make_task()
     assert set(task.val_metrics.keys()) == {"val/acc", "val/top5"}
-    small = ClassificationTask(model="dcb_small", model_kwargs=TINY, num_classes=3)
+    small = ClassificationTask(backbone=BACKBONE, num_classes=3)
     assert set(small.val_metrics.keys()) == {"val/acc"}
     assert isinstance(task.test_per_class, MulticlassAccuracy)
 
 
 def test_hyperparameters_saved_for_reloading():
     task = make_task(label_smoothing=0.1)
-    assert task.hparams.model == "dcb_small" and task.hparams.label_smoothing == 0.1
-    assert task.hparams.model_kwargs == TINY and "optimizer" not in task.hparams
+    assert task.hparams.label_smoothing == 0.1 and "optimizer" not in task.hparams
+    # The backbone as the CLI records it: class_path and every argument, the preset's included.
+    backbone = task.hparams.backbone
+    assert backbone["class_path"] == "dck_lightning.models.dcb_small"
+    assert backbone["init_args"] == {**backbone_config("dcb_small")["init_args"], **TINY}
+    assert backbone["init_args"]["stem"] == "small" and backbone["init_args"]["dck"] == "adaptive"
+    reloaded = ClassificationTask(**task.hparams)
+    assert reloaded.state_dict().keys() == task.state_dict().keys()
 
 
 def test_fit_test_predict_on_synthetic_shapes(tmp_path):

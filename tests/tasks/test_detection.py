@@ -36,8 +36,7 @@ def tiny_task(detector: str = "fcos", backbone: str = "dcb_resnet18", **kwargs) 
     torch.manual_seed(0)
     options = dict(
         detector=detector,
-        backbone=backbone,
-        backbone_kwargs=TINY_BACKBONE,
+        backbone={"class_path": backbone, "init_args": TINY_BACKBONE},
         fpn_channels=16,
         head_convs=1,
         num_classes=6,
@@ -512,7 +511,7 @@ TINY_OVERRIDES = [
     "4",
     "--data.init_args.num_workers",
     "0",
-    "--model.init_args.backbone_kwargs",
+    "--model.init_args.backbone.init_args",
     '{"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
     "--model.init_args.fpn_channels",
     "16",

@@ -28,8 +28,7 @@ def tiny_task(
     torch.manual_seed(0)
     return SegmentationTask(
         head=head,
-        backbone="dcb_resnet18",
-        backbone_kwargs=TINY_BACKBONE,
+        backbone={"class_path": "dcb_resnet18", "init_args": TINY_BACKBONE},
         head_kwargs=HEAD_KWARGS[head],
         aux_loss=aux_loss,
         num_classes=num_classes,
@@ -230,7 +229,7 @@ TINY_OVERRIDES = [
     "2",
     "--data.init_args.num_workers",
     "0",
-    "--model.init_args.backbone_kwargs",
+    "--model.init_args.backbone.init_args",
     '{"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
     "--model.init_args.head_kwargs",
     '{"fpn_channels": 16, "channels": 16}',
@@ -298,7 +297,7 @@ def test_voc_config_on_the_shared_sample(
         "2",
         "--data.init_args.num_workers",
         "0",
-        "--model.init_args.backbone_kwargs",
+        "--model.init_args.backbone.init_args",
         '{"widths": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
         "--trainer.limit_val_batches",
         "1",
