@@ -15,7 +15,7 @@ TINY = [
     "--trainer.limit_train_batches", "2",
     "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false",
-    "--model.init_args.model_kwargs",
+    "--model.init_args.backbone.init_args",
     '{"widths": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}',
     "--data.init_args.image_size", "16",
     "--data.init_args.num_train", "16",
