@@ -31,7 +31,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ..layers import split_dynamic_parameters
 from ..layers.validation import check_choice
 from ..models import DCBNet, count_flops, count_parameters
-from ..models.registry import BackboneSpec, backbone_config
+from ..models.registry import CLASSIFIERS, BackboneSpec, backbone_config
 from ..models.weights import BACKBONE_PREFIX, WeightsReport, load_backbone_weights
 
 
@@ -108,11 +108,12 @@ class BaseTask(pl.LightningModule):
     # -- the shared backbone -----------------------------------------------------------
     def _find_backbone(self) -> Optional[str]:
         """Attribute path of the backbone: the first :class:`DCBNet` inside the task, else
-        ``model`` itself (a whole classifier such as SeedNet)."""
+        ``model`` itself when it is a whole classifier such as SeedNet, else ``None``."""
         for name, module in self.named_modules():
             if isinstance(module, DCBNet):
                 return name
-        return "model" if isinstance(getattr(self, "model", None), nn.Module) else None
+        whole = isinstance(getattr(self, "model", None), tuple(CLASSIFIERS.values()))
+        return "model" if whole else None
 
     @property
     def backbone(self) -> nn.Module:
