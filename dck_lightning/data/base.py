@@ -18,22 +18,52 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2.functional import resize
 
 from ..locking import file_lock
 from .batch_augment import normalize, to_float
+from .collate import detection_collate
 from .errors import DataNotFoundError
+from .image_files import ImageFilesDataset, find_images
 from .tensor_dataset import BatchedTensorDataset, passthrough_collate
 
-__all__ = ["BaseDataModule", "InMemoryClassificationDataModule", "split_train_val"]
+__all__ = [
+    "BaseDataModule",
+    "InMemoryClassificationDataModule",
+    "held_out_split",
+    "split_train_val",
+]
 
 #: ``(images, labels)``: ``uint8`` ``Tensor[N, C, H, W]`` and ``int64`` ``Tensor[N]``.
 ClassificationArrays = tuple[Tensor, Tensor]
 
 SPLITS = ("train", "val", "test")
+
+
+def held_out_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Split the indices ``0..n-1`` into a training part and a held-out part, reproducibly.
+
+    Args:
+        n: number of samples.
+        fraction: share of the samples held out, in ``[0, 1)``; a positive fraction holds out
+            at least one sample (and keeps at least one for training).
+        seed: seed of the permutation (``torch.Generator().manual_seed(seed)``).
+
+    Returns:
+        ``(train_indices, held_out_indices)``, disjoint, each sorted ascending.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    n_held = int(round(n * fraction))
+    if fraction > 0 and n > 1:
+        n_held = min(max(n_held, 1), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_held:].sort().values, perm[:n_held].sort().values
 
 
 def split_train_val(
@@ -45,7 +75,7 @@ def split_train_val(
         images: ``Tensor[N, ...]``.
         labels: ``Tensor[N]``.
         val_split: fraction of the ``N`` samples that go to validation, in ``[0, 1)``.
-        seed: seed of the permutation (``torch.Generator().manual_seed(seed)``).
+        seed: seed of the permutation, see :func:`held_out_split`.
 
     Returns:
         ``((train_images, train_labels), (val_images, val_labels))``; each part keeps the
@@ -53,11 +83,22 @@ def split_train_val(
     """
     if not 0.0 <= val_split < 1.0:
         raise ValueError(f"val_split must be in [0, 1), got {val_split}")
-    n = images.shape[0]
-    n_val = int(round(n * val_split))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    train_idx, val_idx = held_out_split(images.shape[0], val_split, seed)
     return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+
+
+class ResizeTo:
+    """``uint8 [H, W, C]`` array -> ``uint8 Tensor[C, H, W]`` resized to ``size`` (bilinear,
+    antialiased; ``None`` keeps the size). A class, so loader workers can pickle it."""
+
+    def __init__(self, size: Optional[Sequence[int]]) -> None:
+        self.size = None if size is None else [int(v) for v in size]
+
+    def __call__(self, pixels: np.ndarray) -> Tensor:
+        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        if self.size is not None and list(image.shape[-2:]) != self.size:
+            image = resize(image, self.size, antialias=True)
+        return image.contiguous()
 
 
 class BaseDataModule(pl.LightningDataModule):
@@ -76,6 +117,9 @@ class BaseDataModule(pl.LightningDataModule):
         augment: augment training batches.
         normalize: normalise images with the dataset's ``mean``/``std``; when ``False``
             images stay in ``[0, 1]`` and ``mean``/``std`` read as zeros/ones.
+        predict_dir: a folder of image files to predict on (``dck predict``) instead of the
+            test set, read with the test transform (:meth:`predict_transform`,
+            :mod:`~dck_lightning.data.image_files`).
 
     Attributes:
         task: ``"classification"``, ``"detection"`` or ``"segmentation"``.
@@ -102,6 +146,7 @@ class BaseDataModule(pl.LightningDataModule):
         seed: int = 42,
         augment: bool = True,
         normalize: bool = True,
+        predict_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -113,9 +158,11 @@ class BaseDataModule(pl.LightningDataModule):
         self.seed = seed
         self.augment = augment
         self.normalize = normalize
+        self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
         self.train_dataset: Optional[Dataset] = None
         self.val_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
+        self.predict_dataset: Optional[Dataset] = None
         self.collate_fn: Optional[Callable[..., Any]] = None
         self._generators: dict[str, torch.Generator] = {}
         # Scale-out: generator states restored from a checkpoint, applied when each is created.
@@ -131,15 +178,23 @@ class BaseDataModule(pl.LightningDataModule):
 
     # -- loaders -------------------------------------------------------------------------
 
-    def _dataloader(self, dataset: Optional[Dataset], train: bool = False) -> DataLoader:
+    def loader_options(self, train: bool) -> dict[str, Any]:
+        """Extra :class:`~torch.utils.data.DataLoader` arguments of a subclass (none here)."""
+        return {}
+
+    def _dataloader(
+        self,
+        dataset: Optional[Dataset],
+        train: bool = False,
+        collate_fn: Optional[Callable[..., Any]] = None,
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError(
                 f"{type(self).__name__}: the dataset for this stage is not set up; call "
                 "setup() with the matching stage first (the Trainer does this)."
             )
         size = len(dataset)  # type: ignore[arg-type]
-        return DataLoader(
-            dataset,
+        options: dict[str, Any] = dict(
             batch_size=self.batch_size,
             shuffle=train,
             sampler=None if train else self._unpadded_sampler(dataset),
@@ -147,10 +202,12 @@ class BaseDataModule(pl.LightningDataModule):
             # the whole set fits in one batch.
             drop_last=train and size > self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
+            collate_fn=collate_fn or self.collate_fn,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+        options.update(self.loader_options(train))
+        return DataLoader(dataset, **options)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""
@@ -167,8 +224,28 @@ class BaseDataModule(pl.LightningDataModule):
         return self._dataloader(self.test_dataset)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test batches, for ``trainer.predict``."""
-        return self._dataloader(self.test_dataset)
+        """The image files of ``predict_dir`` (``(images, targets)`` with ``file``,
+        ``image_id`` and ``orig_size``), else the test batches, for ``trainer.predict``."""
+        if self.predict_dir is None:
+            return self._dataloader(self.test_dataset)
+        if self.predict_dataset is None:
+            self.predict_dataset = ImageFilesDataset(
+                self.predict_dir,
+                find_images(self.predict_dir),
+                self.predict_transform(),
+                self.in_channels,
+            )
+        return self._dataloader(self.predict_dataset, collate_fn=detection_collate)
+
+    def predict_transform(self) -> Callable[[np.ndarray], Tensor]:
+        """The test transform for a ``predict_dir`` image: ``uint8 [H, W, C]`` ->
+        ``uint8 Tensor[C, H, W]`` at ``image_size`` (bilinear, antialiased), as the test
+        images are decoded; normalised on the device like every batch."""
+        return ResizeTo(self.image_size)
+
+    def _needs_test_set(self, stage: Optional[str]) -> bool:
+        """Whether ``setup(stage)`` reads the test split (``predict`` reads ``predict_dir`` instead)."""
+        return stage in (None, "test") or (stage == "predict" and self.predict_dir is None)
 
     # -- scale-out: unpadded evaluation under DDP ---------------------------------------------
 
@@ -281,7 +358,8 @@ class InMemoryClassificationDataModule(BaseDataModule):
             touches the network.
         val_split: fraction of the training set held out for validation (seeded), used when
             the dataset has no validation split of its own.
-        batch_size, num_workers, seed, augment, normalize: see :class:`BaseDataModule`.
+        batch_size, num_workers, seed, augment, normalize, predict_dir: see
+            :class:`BaseDataModule`.
     """
 
     #: dataset name used in messages.
@@ -297,8 +375,9 @@ class InMemoryClassificationDataModule(BaseDataModule):
         seed: int = 42,
         augment: bool = True,
         normalize: bool = True,
+        predict_dir: Optional[str] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, augment, normalize)
+        super().__init__(batch_size, num_workers, seed, augment, normalize, predict_dir)
         if not 0.0 <= val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1), got {val_split}")
         self.data_dir = Path(data_dir).expanduser()
@@ -363,7 +442,7 @@ class InMemoryClassificationDataModule(BaseDataModule):
                 val = self._checked(val, "val")
             self.train_dataset = BatchedTensorDataset(*train)
             self.val_dataset = BatchedTensorDataset(*val) if len(val[1]) > 0 else None
-        if stage in (None, "test", "predict") and self.test_dataset is None:
+        if self._needs_test_set(stage) and self.test_dataset is None:
             test = self.load_split("test")
             if test is not None:
                 self.test_dataset = BatchedTensorDataset(*self._checked(test, "test"))

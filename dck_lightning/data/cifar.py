@@ -76,6 +76,8 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
         seed: seed of the train/val split and of the augmentation.
         augment: pad-4 random crop and horizontal flip of training batches.
         normalize: normalise with the CIFAR-10 channel mean/std.
+        predict_dir: a folder of images for ``dck predict`` instead of the test set (see
+            :class:`~dck_lightning.data.base.BaseDataModule`).
     """
 
     dataset_name = "CIFAR-10"
@@ -91,9 +93,18 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
         seed: int = 42,
         augment: bool = True,
         normalize: bool = True,
+        predict_dir: Optional[str] = None,
     ) -> None:
         super().__init__(
-            data_dir, download, val_split, batch_size, num_workers, seed, augment, normalize
+            data_dir,
+            download,
+            val_split,
+            batch_size,
+            num_workers,
+            seed,
+            augment,
+            normalize,
+            predict_dir,
         )
         self.save_hyperparameters()
         self.num_classes = 10

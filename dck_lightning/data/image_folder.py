@@ -123,6 +123,8 @@ class ImageFolderDataModule(InMemoryClassificationDataModule):
         seed: seed of the train/val split and of the augmentation.
         augment: augment training batches (pad-and-crop, horizontal flip).
         normalize: normalise with ``mean``/``std``.
+        predict_dir: a folder of images for ``dck predict`` instead of the test set (see
+            :class:`~dck_lightning.data.base.BaseDataModule`).
     """
 
     dataset_name = "image folder"
@@ -144,9 +146,18 @@ class ImageFolderDataModule(InMemoryClassificationDataModule):
         seed: int = 42,
         augment: bool = True,
         normalize: bool = True,
+        predict_dir: Optional[str] = None,
     ) -> None:
         super().__init__(
-            data_dir, False, val_split, batch_size, num_workers, seed, augment, normalize
+            data_dir,
+            False,
+            val_split,
+            batch_size,
+            num_workers,
+            seed,
+            augment,
+            normalize,
+            predict_dir,
         )
         self.save_hyperparameters()
         if in_channels not in (1, 3):

@@ -47,6 +47,8 @@ class MNISTDataModule(InMemoryClassificationDataModule):
         augment: small random affine transform (rotation 10 deg, shift 10 %, zoom 0.9-1.1)
             of training batches.
         normalize: normalise with the MNIST mean/std (0.1307, 0.3081).
+        predict_dir: a folder of images for ``dck predict`` instead of the test set (see
+            :class:`~dck_lightning.data.base.BaseDataModule`).
 
     Example:
         >>> dm = MNISTDataModule("data", download=True)  # doctest: +SKIP
@@ -65,9 +67,18 @@ class MNISTDataModule(InMemoryClassificationDataModule):
         seed: int = 42,
         augment: bool = False,
         normalize: bool = True,
+        predict_dir: Optional[str] = None,
     ) -> None:
         super().__init__(
-            data_dir, download, val_split, batch_size, num_workers, seed, augment, normalize
+            data_dir,
+            download,
+            val_split,
+            batch_size,
+            num_workers,
+            seed,
+            augment,
+            normalize,
+            predict_dir,
         )
         self.save_hyperparameters()
         self.num_classes = 10

@@ -192,6 +192,8 @@ class SyntheticShapesDataModule(BaseDataModule):
         noise_std: pixel noise standard deviation (0-255 scale).
         augment: random horizontal flips of training batches (boxes and masks follow).
         normalize: normalise images with ``mean``/``std``.
+        predict_dir: a folder of images for ``dck predict`` instead of the test set (see
+            :class:`~dck_lightning.data.base.BaseDataModule`).
         cache: detection/segmentation: render every image once in ``setup`` and keep it in
             memory (about ``4·H·W`` bytes an image: 2,048 images of 128×128 take 134 MB, and
             about 10 s to render), so that no epoch renders again and no loader process
@@ -218,8 +220,9 @@ class SyntheticShapesDataModule(BaseDataModule):
         augment: bool = True,
         normalize: bool = True,
         cache: bool = True,
+        predict_dir: Optional[str] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, augment, normalize)
+        super().__init__(batch_size, num_workers, seed, augment, normalize, predict_dir)
         self.save_hyperparameters()
         if task not in ("classification", "detection", "segmentation"):
             raise ValueError(
@@ -271,7 +274,7 @@ class SyntheticShapesDataModule(BaseDataModule):
         if stage in (None, "fit", "validate") and self.train_dataset is None:
             self.train_dataset = self._build("train")
             self.val_dataset = self._build("val")
-        if stage in (None, "test", "predict") and self.test_dataset is None:
+        if self._needs_test_set(stage) and self.test_dataset is None:
             self.test_dataset = self._build("test")
 
     def augment_batch(

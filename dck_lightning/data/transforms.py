@@ -1,15 +1,17 @@
 """albumentations pipelines for images with boxes (detection) and masks (segmentation).
 
-Every pipeline maps a ``uint8`` RGB image ``[H, W, 3]`` (plus its boxes or mask) to
-a float32 tensor ``[3, S, S]`` normalised with ``mean`` / ``std``, where ``S`` is
-``image_size``:
+Every pipeline maps a ``uint8`` RGB image ``[H, W, 3]`` (plus its boxes or mask) to a
+``uint8`` tensor ``[3, S, S]``, where ``S`` is ``image_size``; the DataModule converts and
+normalises the batch on the device
+(:meth:`~dck_lightning.data.base.BaseDataModule.on_after_batch_transfer`), so the loader
+moves a quarter of the bytes float images would take:
 
 * **eval** pipelines are a plain resize to ``S x S`` (boxes scale per axis, masks
   use nearest neighbour), so predictions map back to the original image by the
   per-axis factors ``orig_size / S``.
 * **train** pipelines start from the same resize, then jitter the scale
   (``RandomScale``), pad to ``S x S`` at a random position (image with the mean
-  colour, which normalises to 0; mask with the ignore index) and crop ``S x S``
+  colour, which normalises to about 0; mask with the ignore index) and crop ``S x S``
   at random, flip horizontally and jitter colours.
 
 Boxes are ``pascal_voc`` (``xyxy`` in pixels); :func:`apply_detection_transform`
@@ -22,8 +24,8 @@ Example:
     >>> image = np.zeros((48, 64, 3), dtype=np.uint8)
     >>> boxes = np.array([[8.0, 12.0, 40.0, 36.0]], dtype=np.float32)
     >>> out = apply_detection_transform(pipeline, image, boxes, np.array([3]), np.array([False]))
-    >>> out[0].shape, out[1].tolist()
-    (torch.Size([3, 32, 32]), [[4.0, 8.0, 20.0, 24.0]])
+    >>> out[0].shape, out[0].dtype, out[1].tolist()
+    (torch.Size([3, 32, 32]), torch.uint8, [[4.0, 8.0, 20.0, 24.0]])
 """
 
 from typing import Optional, Sequence
@@ -50,17 +52,17 @@ __all__ = [
     "IMAGENET_STD",
     "apply_detection_transform",
     "apply_segmentation_transform",
-    "denormalize",
     "detection_eval_transform",
     "detection_train_transform",
+    "image_eval_transform",
     "segmentation_eval_transform",
     "segmentation_train_transform",
 ]
 
 
-def _mean_fill(mean: Sequence[float]) -> tuple[float, ...]:
-    """The ``uint8`` colour that :class:`A.Normalize` maps to zero."""
-    return tuple(255.0 * m for m in mean)
+def _mean_fill(mean: Sequence[float]) -> tuple[int, ...]:
+    """The ``uint8`` colour closest to ``mean`` (normalised to about zero on the device)."""
+    return tuple(round(255.0 * m) for m in mean)
 
 
 def _resize(image_size: Optional[int]) -> list[A.BasicTransform]:
@@ -108,8 +110,9 @@ def _photometric() -> A.BasicTransform:
     return A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02, p=0.8)
 
 
-def _to_tensor(mean: Sequence[float], std: Sequence[float]) -> list[A.BasicTransform]:
-    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+def _to_tensor() -> list[A.BasicTransform]:
+    """``uint8 [H, W, C]`` -> ``uint8 Tensor[C, H, W]`` (normalised later, on the device)."""
+    return [ToTensorV2()]
 
 
 def _bbox_params(train: bool) -> A.BboxParams:
@@ -130,7 +133,6 @@ def _bbox_params(train: bool) -> A.BboxParams:
 def detection_train_transform(
     image_size: int,
     mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
     scale_range: tuple[float, float] = (0.5, 1.5),
     hflip_prob: float = 0.5,
     seed: Optional[int] = None,
@@ -139,7 +141,7 @@ def detection_train_transform(
 
     Args:
         image_size: side ``S`` of the square output.
-        mean, std: per-channel normalisation (fractions of 255).
+        mean: per-channel mean (fractions of 255): the colour of the padding.
         scale_range: zoom factors relative to the ``S x S`` resize (``< 1`` zooms out
             and pads, ``> 1`` zooms in and crops).
         hflip_prob: probability of a horizontal flip.
@@ -151,33 +153,26 @@ def detection_train_transform(
             *_scale_jitter(image_size, scale_range, mean, IGNORE_INDEX),
             A.HorizontalFlip(p=hflip_prob),
             _photometric(),
-            *_to_tensor(mean, std),
+            *_to_tensor(),
         ],
         bbox_params=_bbox_params(train=True),
         seed=seed,
     )
 
 
-def detection_eval_transform(
-    image_size: Optional[int],
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> A.Compose:
-    """Evaluation pipeline for images with boxes: resize to ``S x S`` and normalise.
+def detection_eval_transform(image_size: Optional[int]) -> A.Compose:
+    """Evaluation pipeline for images with boxes: resize to ``S x S``.
 
-    ``image_size=None`` keeps the original size (normalise only).
+    ``image_size=None`` keeps the original size.
     """
     if image_size is None:  # nothing moves the boxes: they pass through unchanged
-        return A.Compose(_to_tensor(mean, std))
-    return A.Compose(
-        [*_resize(image_size), *_to_tensor(mean, std)], bbox_params=_bbox_params(train=False)
-    )
+        return A.Compose(_to_tensor())
+    return A.Compose([*_resize(image_size), *_to_tensor()], bbox_params=_bbox_params(train=False))
 
 
 def segmentation_train_transform(
     image_size: int,
     mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
     scale_range: tuple[float, float] = (0.5, 2.0),
     hflip_prob: float = 0.5,
     ignore_index: int = IGNORE_INDEX,
@@ -193,22 +188,33 @@ def segmentation_train_transform(
             *_scale_jitter(image_size, scale_range, mean, ignore_index),
             A.HorizontalFlip(p=hflip_prob),
             _photometric(),
-            *_to_tensor(mean, std),
+            *_to_tensor(),
         ],
         seed=seed,
     )
 
 
-def segmentation_eval_transform(
-    image_size: Optional[int],
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> A.Compose:
-    """Evaluation pipeline for images with masks: resize (mask: nearest) and normalise.
+def segmentation_eval_transform(image_size: Optional[int]) -> A.Compose:
+    """Evaluation pipeline for images with masks: resize (mask: nearest).
 
-    ``image_size=None`` keeps the original size (normalise only).
+    ``image_size=None`` keeps the original size.
     """
-    return A.Compose([*_resize(image_size), *_to_tensor(mean, std)])
+    return A.Compose([*_resize(image_size), *_to_tensor()])
+
+
+class ImageOnly:
+    """A pipeline applied to an image alone: ``uint8 [H, W, 3]`` -> ``uint8 Tensor[3, S, S]``."""
+
+    def __init__(self, pipeline: A.Compose) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return self.pipeline(image=image)["image"]
+
+
+def image_eval_transform(image_size: Optional[int]) -> ImageOnly:
+    """The evaluation resize for an image without boxes or masks (``dck predict`` on files)."""
+    return ImageOnly(A.Compose([*_resize(image_size), *_to_tensor()]))
 
 
 def apply_detection_transform(
@@ -229,7 +235,7 @@ def apply_detection_transform(
         difficult: ``bool[N]``.
 
     Returns:
-        ``(image float32[3, S, S], boxes float32[M, 4], labels int64[M], difficult bool[M])``
+        ``(image uint8[3, S, S], boxes float32[M, 4], labels int64[M], difficult bool[M])``
         with ``M <= N`` (boxes pushed out of the crop are dropped; ``M`` may be 0).
     """
     out = transform(
@@ -241,22 +247,12 @@ def apply_detection_transform(
     out_boxes = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
     out_labels = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
     out_difficult = torch.as_tensor(np.asarray(out["difficult"], dtype=bool).reshape(-1))
-    return out["image"].float(), out_boxes, out_labels, out_difficult
+    return out["image"], out_boxes, out_labels, out_difficult
 
 
 def apply_segmentation_transform(
     transform: A.Compose, image: np.ndarray, mask: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a mask pipeline: ``uint8[H, W, 3]``, ``uint8[H, W]`` -> ``float32[3, S, S]``, ``int64[S, S]``."""
+    """Run a mask pipeline: ``uint8[H, W, 3]``, ``uint8[H, W]`` -> ``uint8[3, S, S]``, ``int64[S, S]``."""
     out = transform(image=image, mask=mask)
-    return out["image"].float(), torch.as_tensor(out["mask"]).long()
-
-
-def denormalize(
-    image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> np.ndarray:
-    """Invert the normalisation: ``float32[3, H, W]`` tensor -> ``uint8[H, W, 3]`` array."""
-    mean_t = torch.tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    pixels = ((image * std_t + mean_t) * 255.0).clamp(0, 255).round()
-    return pixels.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return out["image"], torch.as_tensor(out["mask"]).long()

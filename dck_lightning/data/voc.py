@@ -12,9 +12,16 @@ the image sets of the stage being set up, and raises
 :class:`~dck_lightning.data.errors.DataNotFoundError` naming ``data_dir``, the expected
 files and the ``dck-prepare-data`` command when they are missing.
 
-Images are augmented, resized to ``image_size x image_size`` and normalised with the
-ImageNet ``mean``/``std`` by albumentations in the loader workers, so batches leave the
-loader ready for the model (``on_after_batch_transfer`` leaves them alone):
+Validation is a seeded held-out share (``val_split``) of the training images unless
+validation sets are given, so the checkpoint kept as "best" is never chosen on the images
+that ``dck test`` reports.
+
+Images are augmented and resized to ``image_size x image_size`` by albumentations in the
+loader (workers), and leave it as ``uint8``; the base DataModule converts and normalises them
+on the device (:meth:`~dck_lightning.data.base.BaseDataModule.on_after_batch_transfer`). The
+loaders are the base's: evaluation batches are split over DDP ranks without padding, and the
+augmentation seeds come from the DataModule's generator, which every checkpoint saves — a
+resumed run draws the augmentations the uninterrupted run would have drawn. Batches are
 ``(images float32[B, 3, S, S], targets)`` with ``targets`` a list of per-image dicts
 (see :class:`~dck_lightning.data.voc_detection.VOCDetectionDataset` and
 :class:`~dck_lightning.data.voc_segmentation.VOCSegmentationDataset`).
@@ -28,10 +35,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision.datasets import VOCDetection, VOCSegmentation
 
-from dck_lightning.data.base import BaseDataModule
+from dck_lightning.data.base import BaseDataModule, held_out_split
 from dck_lightning.data.collate import detection_collate
 from dck_lightning.data.errors import DataNotFoundError
 from dck_lightning.data.transforms import (
@@ -40,6 +47,7 @@ from dck_lightning.data.transforms import (
     IMAGENET_STD,
     detection_eval_transform,
     detection_train_transform,
+    image_eval_transform,
     segmentation_eval_transform,
     segmentation_train_transform,
 )
@@ -50,11 +58,10 @@ from dck_lightning.data.voc_common import (
     data_not_found,
     devkit_dir,
     missing_paths,
-    mix_seed,
     parse_set_spec,
     read_image_set,
-    seed_transforms,
     seed_worker,
+    set_seed_source,
 )
 from dck_lightning.data.voc_detection import VOCDetectionDataset
 from dck_lightning.data.voc_detection import required_paths as detection_paths
@@ -89,6 +96,9 @@ class VOCDataModule(BaseDataModule, ABC):
             ``seed`` also seeds the albumentations pipelines (mixed with rank and worker).
         augment: augment training images (else they get the evaluation pipeline).
         skip_invalid: log and skip invalid samples instead of raising.
+        val_split: share of the training images held out for validation (seeded with
+            ``seed``) when ``val_sets`` is empty; 0 validates on nothing.
+        predict_dir: a folder of images for ``dck predict`` instead of the test sets.
     """
 
     in_channels = 3
@@ -103,14 +113,19 @@ class VOCDataModule(BaseDataModule, ABC):
         seed: int,
         augment: bool,
         skip_invalid: bool,
+        val_split: float = 0.0,
+        predict_dir: Optional[str] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, augment, normalize=True)
+        super().__init__(batch_size, num_workers, seed, augment, True, predict_dir)
+        if not 0.0 <= val_split < 1.0:
+            raise ValueError(f"val_split must be in [0, 1), got {val_split}")
         if image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size}")
         self.data_dir = Path(data_dir).expanduser()
         self.download = download
         self.image_size = (image_size, image_size)
         self.skip_invalid = skip_invalid
+        self.val_split = val_split
         self.collate_fn = detection_collate
         self._set_statistics(IMAGENET_MEAN, IMAGENET_STD)
         self.val_sets: list[ImageSet] = []
@@ -154,51 +169,59 @@ class VOCDataModule(BaseDataModule, ABC):
                     raise self._data_not_found([image_set], download_error=err) from err
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Read the image sets the stage needs (once; later calls reuse them)."""
-        if stage in (None, "fit") and self.train_dataset is None:
+        """Read the image sets the stage needs (once; later calls reuse them).
+
+        Without ``val_sets`` the validation images are a seeded ``val_split`` share of the
+        training images (with the evaluation pipeline), left out of training.
+        """
+        if stage in (None, "fit", "validate") and self.train_dataset is None:
             train_sets = self.train_image_sets()
             self._check(train_sets + self.val_sets)
-            self.train_dataset = self._dataset(train_sets, train=True)
-        if stage in (None, "fit", "validate") and self.val_dataset is None:
-            self._check(self.val_sets)
-            self.val_dataset = self._dataset(self.val_sets, train=False)
-        if stage in (None, "test", "predict") and self.test_dataset is None:
+            train = self._dataset(train_sets, train=True)
+            if self.val_sets:
+                self.train_dataset = train
+                self.val_dataset = self._dataset(self.val_sets, train=False)
+            else:
+                kept, held_out = held_out_split(len(train), self.val_split, self.seed)
+                self.train_dataset = Subset(train, kept.tolist())
+                self.val_dataset = (
+                    Subset(self._dataset(train_sets, train=False), held_out.tolist())
+                    if len(held_out)
+                    else None
+                )
+        if self._needs_test_set(stage) and self.test_dataset is None:
             self._check(self.test_sets)
             self.test_dataset = self._dataset(self.test_sets, train=False)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Nothing to do: the loader workers already augmented and normalised the images."""
-        return batch
+    def loader_options(self, train: bool) -> dict[str, Any]:
+        """Training loaders draw their augmentation seeds from the DataModule's CPU generator.
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches; the pipelines are reseeded from ``seed`` and the rank."""
+        The generator is the one :meth:`~dck_lightning.data.base.BaseDataModule.state_dict`
+        saves in every checkpoint. It is the loader's ``generator`` (shuffling and the workers'
+        base seed, drawn when each epoch's iterator starts) and, for loading in the main
+        process, the datasets' per-sample seed source; workers start afresh every epoch
+        (``persistent_workers=False``) and seed theirs from it (:func:`seed_worker`). So the
+        epochs after a resume draw what the uninterrupted run drew.
+        """
+        if not train:
+            return {}
+        generator = self.augment_generator(torch.device("cpu"))
         if self.train_dataset is not None:
-            seed_transforms(self.train_dataset, mix_seed(self.seed, self._rank()))
-        return super().train_dataloader()
+            set_seed_source(self.train_dataset, generator)
+        return {
+            "generator": generator,
+            "worker_init_fn": partial(seed_worker, rank=self._rank()),
+            "persistent_workers": False,
+        }
+
+    def predict_transform(self) -> Callable:
+        """The evaluation resize to ``image_size`` (no boxes or masks to carry)."""
+        return image_eval_transform(self.image_size[0])
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
-
-    def _dataloader(self, dataset: Optional[Dataset], train: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(
-                f"{type(self).__name__}: the dataset for this stage is not set up; call "
-                "setup() with the matching stage first (the Trainer does this)."
-            )
-        size = len(dataset)  # type: ignore[arg-type]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and size > self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=partial(seed_worker, seed=self.seed, rank=self._rank()),
-        )
 
     def _dataset(self, image_sets: Sequence[ImageSet], train: bool) -> Optional[Dataset]:
         parts = [self.make_dataset(image_set, train) for image_set in image_sets]
@@ -246,7 +269,8 @@ class VOCDetectionDataModule(VOCDataModule):
         download: download missing sets through ``torchvision.datasets.VOCDetection`` in
             ``prepare_data`` (2007 and 2012 trainval, 2007 test).
         train_sets: training image sets as ``"<year>-<set>"``.
-        val_sets: validation image sets; ``None``: the ``test_sets``.
+        val_sets: validation image sets; ``None`` (default) holds out ``val_split`` of the
+            training images instead, so the best checkpoint is not chosen on ``test_sets``.
         test_sets: test (and predict) image sets.
         image_size: side ``S`` of the square batch images.
         batch_size: images per batch (per process under DDP).
@@ -258,6 +282,9 @@ class VOCDetectionDataModule(VOCDataModule):
             raising.
         keep_difficult_in_train: keep ``difficult`` objects in training targets
             (evaluation targets always keep them, flagged).
+        val_split: share of the training images held out for validation when ``val_sets``
+            is ``None`` (seeded with ``seed``). Default: 0.05.
+        predict_dir: a folder of images for ``dck predict`` instead of the test sets.
 
     Example:
         >>> dm = VOCDetectionDataModule("data", image_size=320)  # doctest: +SKIP
@@ -281,16 +308,27 @@ class VOCDetectionDataModule(VOCDataModule):
         scale_range: tuple[float, float] = (0.5, 1.5),
         skip_invalid: bool = False,
         keep_difficult_in_train: bool = False,
+        val_split: float = 0.05,
+        predict_dir: Optional[str] = None,
     ) -> None:
         super().__init__(
-            data_dir, download, image_size, batch_size, num_workers, seed, augment, skip_invalid
+            data_dir,
+            download,
+            image_size,
+            batch_size,
+            num_workers,
+            seed,
+            augment,
+            skip_invalid,
+            val_split,
+            predict_dir,
         )
         self.save_hyperparameters()
         self.num_classes = len(VOC_CLASSES)
         self.class_names = list(VOC_CLASSES)
         self.train_sets = _parse_sets(train_sets, "train_sets")
         self.test_sets = _parse_sets(test_sets, "test_sets")
-        self.val_sets = self.test_sets if val_sets is None else _parse_sets(val_sets, "val_sets")
+        self.val_sets = [] if val_sets is None else _parse_sets(val_sets, "val_sets")
         self.scale_range = tuple(scale_range)
         self.keep_difficult_in_train = keep_difficult_in_train
 
@@ -307,12 +345,12 @@ class VOCDetectionDataModule(VOCDataModule):
         if not self.augment:
             return self.eval_transform()
         return detection_train_transform(
-            self.image_size[0], self.mean, self.std, scale_range=self.scale_range, seed=self.seed
+            self.image_size[0], self.mean, scale_range=self.scale_range, seed=self.seed
         )
 
     def eval_transform(self) -> Callable:
-        """Resize to ``image_size`` and normalise."""
-        return detection_eval_transform(self.image_size[0], self.mean, self.std)
+        """Resize to ``image_size``."""
+        return detection_eval_transform(self.image_size[0])
 
     def make_dataset(self, image_set: ImageSet, train: bool) -> VOCDetectionDataset:
         """A :class:`VOCDetectionDataset`; training sets drop difficult objects unless asked."""
@@ -340,16 +378,23 @@ class VOCSegmentationDataModule(VOCDataModule):
     padding), ``orig_size`` ``int64[2]`` and ``image_id``.
 
     With ``use_sbd`` and ``train_set="train"``, training uses the SBD-augmented
-    ``train_aug`` set (``VOC2012/SegmentationClassAug``, 10,582 images, validation ids
-    removed) when that folder exists, and the plain ``train`` set otherwise.
+    ``train_aug`` set (``VOC2012/SegmentationClassAug``, 10,582 images, the ids of the
+    validation and test sets removed) when that folder exists, and the plain ``train`` set
+    otherwise.
+
+    VOC2012's test masks are not public, so the reported set (``test_set``) is VOC ``val``;
+    validation (the best checkpoint) is then a seeded ``val_split`` share of the training
+    images, unless ``val_set`` names another set.
 
     Args:
         data_dir: folder holding ``VOCdevkit``.
         download: download the VOC archive through ``torchvision.datasets.VOCSegmentation``
             in ``prepare_data`` (SBD is not downloaded).
         year: VOC year.
-        train_set, val_set, test_set: files of ``ImageSets/Segmentation`` (``test_set``
-            also serves ``predict``).
+        train_set, test_set: files of ``ImageSets/Segmentation`` (``test_set`` is what
+            ``dck test`` reports, and serves ``predict`` without ``predict_dir``).
+        val_set: the validation set's file; ``None`` (default) holds out ``val_split`` of
+            the training images.
         image_size: side ``S`` of the square batch images (train: random crop; eval:
             resize, mask nearest).
         use_sbd: train on ``train_aug`` when available.
@@ -360,6 +405,9 @@ class VOCSegmentationDataModule(VOCDataModule):
             original mask (``orig_mask``), and :class:`~dck_lightning.tasks.SegmentationTask`
             scores mIoU at the original resolution (logits resized bilinearly), the VOC
             protocol; ``False`` scores on the resized ``S × S`` masks.
+        val_split: share of the training images held out for validation when ``val_set``
+            is ``None`` (seeded with ``seed``). Default: 0.05.
+        predict_dir: a folder of images for ``dck predict`` instead of the test set.
     """
 
     task = "segmentation"
@@ -371,7 +419,7 @@ class VOCSegmentationDataModule(VOCDataModule):
         download: bool = False,
         year: str = "2012",
         train_set: str = "train",
-        val_set: str = "val",
+        val_set: Optional[str] = None,
         test_set: str = "val",
         image_size: int = 512,
         use_sbd: bool = True,
@@ -382,9 +430,20 @@ class VOCSegmentationDataModule(VOCDataModule):
         scale_range: tuple[float, float] = (0.5, 2.0),
         skip_invalid: bool = False,
         eval_original_size: bool = True,
+        val_split: float = 0.05,
+        predict_dir: Optional[str] = None,
     ) -> None:
         super().__init__(
-            data_dir, download, image_size, batch_size, num_workers, seed, augment, skip_invalid
+            data_dir,
+            download,
+            image_size,
+            batch_size,
+            num_workers,
+            seed,
+            augment,
+            skip_invalid,
+            val_split,
+            predict_dir,
         )
         self.save_hyperparameters()
         self.num_classes = len(VOC_SEGMENTATION_CLASSES)
@@ -393,7 +452,7 @@ class VOCSegmentationDataModule(VOCDataModule):
             raise ValueError(f"year must be one of {', '.join(VOC_YEARS)}, got {year!r}")
         self.year = year
         self.train_set = train_set
-        self.val_sets = [(year, val_set)]
+        self.val_sets = [] if val_set is None else [(year, val_set)]
         self.test_sets = [(year, test_set)]
         self.use_sbd = use_sbd
         self.scale_range = tuple(scale_range)
@@ -417,19 +476,20 @@ class VOCSegmentationDataModule(VOCDataModule):
         if not self.augment:
             return self.eval_transform()
         return segmentation_train_transform(
-            self.image_size[0], self.mean, self.std, scale_range=self.scale_range, seed=self.seed
+            self.image_size[0], self.mean, scale_range=self.scale_range, seed=self.seed
         )
 
     def eval_transform(self) -> Callable:
-        """Resize to ``image_size`` (mask nearest) and normalise."""
-        return segmentation_eval_transform(self.image_size[0], self.mean, self.std)
+        """Resize to ``image_size`` (mask nearest)."""
+        return segmentation_eval_transform(self.image_size[0])
 
     def make_dataset(self, image_set: ImageSet, train: bool) -> VOCSegmentationDataset:
-        """A :class:`VOCSegmentationDataset`; ``train_aug`` leaves out the validation ids."""
+        """A :class:`VOCSegmentationDataset`; ``train_aug`` leaves out the validation and
+        test ids."""
         year, name = image_set
         exclude: list[str] = []
         if name == SBD_IMAGE_SET:
-            for val_year, val_name in self.val_sets:
+            for val_year, val_name in dict.fromkeys(self.val_sets + self.test_sets):
                 exclude += read_image_set(segmentation_paths(self.data_dir, val_year, val_name)[0])
         return VOCSegmentationDataset(
             self.data_dir,

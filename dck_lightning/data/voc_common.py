@@ -6,8 +6,9 @@
 * per-sample errors (:class:`InvalidSampleError` and subclasses), each naming the
   offending file;
 * :class:`SkippingDataset`, a dataset base that either raises on an invalid sample
-  or (``skip_invalid=True``) logs a warning and serves the next valid one;
-* seeding of the albumentations pipelines per DataLoader worker and rank.
+  or (``skip_invalid=True``) logs a warning and serves the next valid one, and seeds its
+  albumentations pipeline per sample from a ``torch.Generator`` (its ``seed_source``);
+* :func:`seed_worker`, which gives every DataLoader worker its own seed source.
 """
 
 import logging
@@ -250,6 +251,13 @@ class SkippingDataset(Dataset, ABC):
     reason), remembered, and replaced by the next valid sample; a bad sample never
     yields a wrong label.
 
+    Random pipelines are reproducible through ``seed_source``: when it is set (a
+    ``torch.Generator``), every ``__getitem__`` draws a seed from it and reseeds the pipeline
+    (albumentations keeps its own numpy and Python generators) before loading. The
+    DataModule sets it to its checkpointed generator in the main process
+    (:meth:`~dck_lightning.data.voc.VOCDataModule.loader_options`) and :func:`seed_worker` to a
+    generator of each loader worker, seeded from the loader's seed for that epoch.
+
     Args:
         transform: albumentations pipeline applied by :meth:`load`.
         skip_invalid: skip invalid samples instead of raising.
@@ -258,6 +266,7 @@ class SkippingDataset(Dataset, ABC):
     def __init__(self, transform: Optional[Callable] = None, skip_invalid: bool = False) -> None:
         self.transform = transform
         self.skip_invalid = skip_invalid
+        self.seed_source: Optional[torch.Generator] = None
         self._invalid: set[int] = set()
 
     @abstractmethod
@@ -269,6 +278,9 @@ class SkippingDataset(Dataset, ABC):
         """Load and transform sample ``index``; raise :class:`InvalidSampleError` if unusable."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.seed_source is not None and hasattr(self.transform, "set_random_seed"):
+            seed = int(torch.randint(0, 2**31 - 1, (), generator=self.seed_source))
+            self.transform.set_random_seed(seed)
         if not self.skip_invalid:
             return self.load(index)
         size = len(self)
@@ -283,21 +295,20 @@ class SkippingDataset(Dataset, ABC):
                 log.warning("Skipping invalid sample %s: %s", err.path, err.reason)
         raise RuntimeError(f"{type(self).__name__}: every one of its {size} samples is invalid")
 
-    def set_transform_seed(self, seed: int) -> None:
-        """Reseed the pipeline's random generator (albumentations keeps its own)."""
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(seed)
 
-
-def seed_transforms(dataset: Dataset, seed: int) -> None:
-    """Reseed every :class:`SkippingDataset` pipeline inside ``dataset`` (concat/subset aware)."""
+def skipping_datasets(dataset: Dataset) -> list[SkippingDataset]:
+    """The :class:`SkippingDataset` parts of ``dataset`` (through ``ConcatDataset``/``Subset``)."""
     if isinstance(dataset, ConcatDataset):
-        for index, part in enumerate(dataset.datasets):
-            seed_transforms(part, seed + index)
-    elif isinstance(dataset, Subset):
-        seed_transforms(dataset.dataset, seed)
-    elif isinstance(dataset, SkippingDataset):
-        dataset.set_transform_seed(seed)
+        return [part for child in dataset.datasets for part in skipping_datasets(child)]
+    if isinstance(dataset, Subset):
+        return skipping_datasets(dataset.dataset)
+    return [dataset] if isinstance(dataset, SkippingDataset) else []
+
+
+def set_seed_source(dataset: Dataset, generator: Optional[torch.Generator]) -> None:
+    """Make every :class:`SkippingDataset` inside ``dataset`` draw its per-sample seeds from ``generator``."""
+    for part in skipping_datasets(dataset):
+        part.seed_source = generator
 
 
 def mix_seed(*values: int) -> int:
@@ -305,15 +316,16 @@ def mix_seed(*values: int) -> int:
     return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(1)[0])
 
 
-def seed_worker(worker_id: int, seed: int = 0, rank: int = 0) -> None:
-    """``worker_init_fn``: give each worker of each rank its own augmentation stream.
+def seed_worker(worker_id: int, rank: int = 0) -> None:
+    """``worker_init_fn``: give each worker of each rank its own stream of sample seeds.
 
-    albumentations pipelines hold their own generator, copied unchanged into every
-    forked worker; without this every worker (and every epoch with non-persistent
-    workers) would draw the same augmentations. The stream depends on ``seed``, the
-    rank and the loader's per-iterator worker seed (itself drawn from torch's seeded
-    generator), so runs are reproducible.
+    The worker's seed (``get_worker_info().seed``: the loader's base seed, drawn from the
+    loader's ``generator`` when the epoch's iterator starts, plus the worker id) seeds a
+    generator that the worker's datasets draw their per-sample seeds from. With the
+    DataModule's checkpointed generator as the loader's ``generator`` and workers started
+    afresh every epoch, every epoch's augmentations follow from the checkpoint.
     """
     info = get_worker_info()
     if info is not None:
-        seed_transforms(info.dataset, mix_seed(info.seed, seed, rank, worker_id))
+        generator = torch.Generator().manual_seed(mix_seed(info.seed, rank, worker_id))
+        set_seed_source(info.dataset, generator)

@@ -3,6 +3,8 @@
 import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -21,7 +23,6 @@ from dck_lightning.data.collate import detection_collate
 from dck_lightning.data.errors import DataNotFoundError
 from dck_lightning.data.transforms import (
     apply_detection_transform,
-    denormalize,
     detection_eval_transform,
     detection_train_transform,
 )
@@ -32,8 +33,8 @@ from dck_lightning.data.voc_common import (
     InvalidAnnotationError,
     InvalidSampleError,
     MissingSampleFileError,
-    mix_seed,
-    seed_transforms,
+    seed_worker,
+    set_seed_source,
 )
 from dck_lightning.data.voc_detection import VOCDetectionDataset
 
@@ -89,7 +90,7 @@ def test_real_sample_000001_boxes_and_classes(sample: Path) -> None:
     assert record.difficult.tolist() == [False, False]
 
     image, target = dataset[[r.image_id for r in dataset.records].index("000001")]
-    assert image.shape == (3, 500, 353) and image.dtype == torch.float32
+    assert image.shape == (3, 500, 353) and image.dtype == torch.uint8
     assert target["orig_size"].tolist() == [500, 353]
     torch.testing.assert_close(target["boxes"], torch.tensor(record.boxes))
 
@@ -105,7 +106,12 @@ def test_real_sample_difficult_and_parts(sample: Path) -> None:
 
 
 def test_real_sample_datamodule(sample: Path) -> None:
-    dm = datamodule(sample, train_sets=["2007-trainval", "2012-trainval"], image_size=64)
+    dm = datamodule(
+        sample,
+        train_sets=["2007-trainval", "2012-trainval"],
+        val_sets=["2007-test"],
+        image_size=64,
+    )
     dm.setup("fit")
     assert len(dm.train_dataset) == 10 and len(dm.val_dataset) == 5
     images, targets = next(iter(dm.val_dataloader()))
@@ -133,17 +139,40 @@ def test_datamodule_contract(tree: Path) -> None:
     dm.prepare_data()  # download=False: nothing to do, no network
     dm.setup("fit")
     images, targets = next(iter(dm.train_dataloader()))
-    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8  # a quarter the bytes
     for target in targets:
         assert target["boxes"].dtype == torch.float32 and target["boxes"].shape[1] == 4
         assert target["labels"].dtype == torch.int64 and target["difficult"].dtype == torch.bool
         assert target["orig_size"].tolist() == [48, 64]
         assert not target["difficult"].any()  # difficult objects left out of training
-    assert dm.on_after_batch_transfer((images, targets), 0)[0] is images
+    # on the device: float, normalised with the ImageNet statistics; targets untouched
+    floats, same = dm.on_after_batch_transfer((images, targets), 0)
+    mean, std = torch.tensor(dm.mean).view(3, 1, 1), torch.tensor(dm.std).view(3, 1, 1)
+    torch.testing.assert_close(floats, (images / 255.0 - mean) / std)
+    assert same is targets
+
+
+def test_validation_is_held_out_of_the_training_images_not_the_test_set(tree: Path) -> None:
+    """Without val_sets, a seeded share of the training images validates (never the reported
+    test set); they are left out of training and get the evaluation pipeline."""
+    ids = lambda dataset: [dataset[i][1]["image_id"] for i in range(len(dataset))]  # noqa: E731
+    dm = datamodule(tree, val_split=0.5)
+    dm.setup("fit")
+    train, val = ids(dm.train_dataset), ids(dm.val_dataset)
+    assert len(train) == len(val) == 2 and not set(train) & set(val)
+    assert set(train) | set(val) == {"000001", "000002", "000003", "000004"}
+    assert dm.val_sets == [] and dm.test_sets == [("2007", "test")]
+    again = datamodule(tree, val_split=0.5)
+    again.setup("validate")
+    assert ids(again.val_dataset) == val  # the same images on every run (and resume)
+    image, target = dm.val_dataset[0]
+    assert image.shape == (3, 32, 32)
+    if target["image_id"] == "000002":
+        assert target["difficult"].tolist() == [False, True]  # eval targets keep difficult
 
 
 def test_eval_targets_keep_difficult_and_scale_per_axis(tree: Path) -> None:
-    dm = datamodule(tree)
+    dm = datamodule(tree, val_sets=["2007-test"])
     dm.setup("validate")
     _, targets = next(iter(dm.val_dataloader()))
     second = targets[1]
@@ -164,7 +193,7 @@ def test_image_without_objects_gives_empty_boxes(tree: Path) -> None:
 
 
 def test_keep_difficult_in_train(tree: Path) -> None:
-    dm = datamodule(tree, keep_difficult_in_train=True, augment=False)
+    dm = datamodule(tree, keep_difficult_in_train=True, augment=False, val_sets=["2007-test"])
     dm.setup("fit")
     _, target = dm.train_dataset[1]
     assert target["difficult"].tolist() == [False, True]
@@ -202,7 +231,7 @@ def test_cli_types_parse() -> None:
     parser.add_class_arguments(VOCDetectionDataModule, "data")
     cfg = parser.parse_args(["--data.train_sets=[2012-train]", "--data.scale_range=[0.8, 1.2]"])
     dm = parser.instantiate(cfg).data
-    assert dm.train_sets == [("2012", "train")] and dm.val_sets == [("2007", "test")]
+    assert dm.train_sets == [("2012", "train")] and dm.val_sets == [] and dm.val_split == 0.05
     assert dm.scale_range == (0.8, 1.2)
 
 
@@ -229,7 +258,7 @@ def test_boxes_stay_on_their_objects_through_train_augmentation() -> None:
             continue
         seen += 1
         assert labels.tolist() == [DOG]
-        red = is_object_colour(denormalize(out))
+        red = is_object_colour(out.permute(1, 2, 0).numpy())
         x1, y1, x2, y2 = out_boxes[0].round().int().tolist()
         inside = np.zeros_like(red)
         inside[y1:y2, x1:x2] = True
@@ -266,16 +295,26 @@ def test_boxes_pushed_out_by_augmentation_leave_empty_targets_that_collate() -> 
     assert targets[-1]["boxes"].shape == (1, 4)
 
 
-def test_worker_seeds_differ_per_rank_and_worker(tree: Path) -> None:
-    dm = datamodule(tree, image_size=32)
+def test_sample_seeds_come_from_the_seed_source_per_rank_and_worker(tree: Path) -> None:
+    dm = datamodule(tree, image_size=32, val_sets=["2007-test"])
     dm.setup("fit")
 
     def first_image(seed: int) -> torch.Tensor:
-        seed_transforms(dm.train_dataset, seed)
+        set_seed_source(dm.train_dataset, torch.Generator().manual_seed(seed))
         return dm.train_dataset[0][0]
 
-    torch.testing.assert_close(first_image(mix_seed(1, 0)), first_image(mix_seed(1, 0)))
-    assert not torch.equal(first_image(mix_seed(1, 0)), first_image(mix_seed(1, 1)))
+    torch.testing.assert_close(first_image(1), first_image(1))
+    assert not torch.equal(first_image(1), first_image(2))
+
+    def worker_image(worker_seed: int, rank: int) -> torch.Tensor:
+        info = SimpleNamespace(seed=worker_seed, dataset=dm.train_dataset)
+        with patch("dck_lightning.data.voc_common.get_worker_info", return_value=info):
+            seed_worker(0, rank=rank)
+        return dm.train_dataset[0][0]
+
+    torch.testing.assert_close(worker_image(5, 0), worker_image(5, 0))
+    assert not torch.equal(worker_image(5, 0), worker_image(5, 1))
+    assert not torch.equal(worker_image(5, 0), worker_image(6, 0))
 
 
 # --------------------------------------------------------------------------- bad input

@@ -20,7 +20,6 @@ from dck_lightning.data.errors import DataNotFoundError
 from dck_lightning.data.transforms import (
     IGNORE_INDEX,
     apply_segmentation_transform,
-    denormalize,
     segmentation_eval_transform,
     segmentation_train_transform,
 )
@@ -66,7 +65,9 @@ def tree(tmp_path: Path) -> Path:
 
 
 def datamodule(data_dir: Path, **kwargs) -> VOCSegmentationDataModule:
-    options = dict(data_dir=str(data_dir), image_size=32, batch_size=2, num_workers=0)
+    options = dict(
+        data_dir=str(data_dir), image_size=32, batch_size=2, num_workers=0, val_set="val"
+    )
     options.update(kwargs)
     return VOCSegmentationDataModule(**options)
 
@@ -135,7 +136,7 @@ def test_datamodule_contract(tree: Path) -> None:
     dm.prepare_data()
     dm.setup("fit")
     images, targets = next(iter(dm.train_dataloader()))
-    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8
     for target in targets:
         assert target["mask"].shape == (32, 32) and target["mask"].dtype == torch.int64
         assert set(target["mask"].unique().tolist()) <= set(range(21)) | {255}
@@ -176,6 +177,36 @@ def test_sbd_train_aug_is_used_without_val_images(tmp_path: Path) -> None:
     assert without.train_dataset.image_set == "train"
 
 
+def test_by_default_validation_is_held_out_of_train_and_voc_val_is_reported(tree: Path) -> None:
+    """VOC2012 test masks are not public: ``val`` is the reported set (``dck test``), so the
+    best checkpoint is chosen on a seeded share of the training images instead."""
+    dm = VOCSegmentationDataModule(str(tree), image_size=32, num_workers=0, val_split=0.5)
+    dm.setup("fit")
+    dm.setup("test")
+    train = [dm.train_dataset[i][1]["image_id"] for i in range(len(dm.train_dataset))]
+    val = [dm.val_dataset[i][1]["image_id"] for i in range(len(dm.val_dataset))]
+    test = [r.image_id for r in dm.test_dataset.records]
+    assert sorted(train + val) == sorted(TRAIN) and not set(train) & set(val)
+    assert test == VAL and not set(val) & set(test)
+    assert "orig_mask" in dm.val_dataset[0][1] and "orig_mask" not in dm.train_dataset[0][1]
+
+
+def test_sbd_train_aug_leaves_out_the_reported_set(tmp_path: Path) -> None:
+    data_dir = write_voc(
+        tmp_path / "data",
+        IMAGES,
+        year="2012",
+        segmentation_sets={"train": TRAIN, "val": VAL, "report": ["2008_000001"]},
+        sbd_ids=TRAIN,
+    )
+    dm = VOCSegmentationDataModule(
+        str(data_dir), image_size=32, num_workers=0, test_set="report", val_split=0.0
+    )
+    dm.setup("fit")
+    assert dm.train_dataset.dataset.image_set == "train_aug"
+    assert [r.image_id for r in dm.train_dataset.dataset.records] == TRAIN[1:]
+
+
 def test_missing_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError) as info:
         datamodule(tmp_path / "empty").setup("fit")
@@ -197,7 +228,7 @@ def test_mask_and_image_stay_aligned_through_train_augmentation() -> None:
     for seed in range(12):
         pipeline.set_random_seed(seed)
         out, out_mask = apply_segmentation_transform(pipeline, image, mask)
-        red = is_object_colour(denormalize(out))
+        red = is_object_colour(out.permute(1, 2, 0).numpy())
         cat, background = (out_mask == CAT).numpy(), (out_mask == 0).numpy()
         if cat.sum() < 50:
             continue

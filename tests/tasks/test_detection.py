@@ -323,6 +323,7 @@ def test_real_voc_batches_flow_through_the_task(monkeypatch: pytest.MonkeyPatch)
     data = VOCDetectionDataModule(
         str(data_dir),
         train_sets=["2007-trainval"],
+        val_sets=["2007-trainval"],
         test_sets=["2007-test"],
         image_size=64,
         batch_size=5,
@@ -331,7 +332,7 @@ def test_real_voc_batches_flow_through_the_task(monkeypatch: pytest.MonkeyPatch)
     )
     data.setup("fit")
     data.setup("test")
-    images, targets = next(iter(data.val_dataloader()))
+    images, targets = data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)
     assert any(bool(t["difficult"].any()) for t in targets)
     task = tiny_task("retinanet", num_classes=data.num_classes)
     monkeypatch.setattr(task, "log", lambda *args, **kwargs: None)
