@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
+from typing import Callable, Optional
 
 from wandb.proto import wandb_internal_pb2
 
@@ -52,8 +54,23 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
     return records
 
 
-def artifacts(run_folder: Path) -> list[dict]:
-    """The artifacts an offline run logged, in order: name, type, aliases, metadata, files."""
+def artifacts(
+    run_folder: Path, until: Optional[Callable[[list[dict]], bool]] = None, timeout: float = 60
+) -> list[dict]:
+    """The artifacts an offline run logged, in order: name, type, aliases, metadata, files.
+
+    W&B's service writes artifact records after staging their files, possibly after the run
+    has finished: with ``until``, read again until ``until(artifacts)`` holds (or ``timeout``).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _artifacts(run_folder)
+        if until is None or until(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _artifacts(run_folder: Path) -> list[dict]:
     (path,) = Path(run_folder).glob("run-*.wandb")
     out = []
     for record in read_records(path):
