@@ -41,7 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import (
+    BasePredictionWriter,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+)
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -49,6 +54,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from . import cli_presets
 from .callbacks import RunSummary, SaveRunConfig, TerminalAwareProgressBar
 from .callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
+from .callbacks.prediction_writer import PredictionWriter
 from .callbacks.preemption import PreemptionCheckpoint
 from .callbacks.resume import ResumeState
 from .checkpoints import (
@@ -434,6 +440,10 @@ class DCKLightningCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in callbacks
         ):
             callbacks.append(TerminalAwareProgressBar())  # a few lines per epoch in a log file
+        if self.subcommand == "predict" and not any(
+            isinstance(c, BasePredictionWriter) for c in callbacks
+        ):
+            callbacks.append(PredictionWriter(str(self.run_dir / "predictions")))
         if run.nonfinite_loss != "off" and not any(
             isinstance(c, NonFiniteLossGuard) for c in callbacks
         ):

@@ -2,12 +2,14 @@
 
 from .config_saving import SaveRunConfig, redact_secrets
 from .kernel_visualization import KernelVisualizationCallback
+from .prediction_writer import PredictionWriter
 from .progress import TerminalAwareProgressBar
 from .run_summary import RunSummary
 from .throughput import EpochThroughput
 
 __all__ = [
     "EpochThroughput",
+    "PredictionWriter",
     "RunSummary",
     "SaveRunConfig",
     "TerminalAwareProgressBar",

@@ -30,6 +30,12 @@ from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes
 
+from ..callbacks.image_logging import (
+    BoxSet,
+    PredictionSample,
+    datamodule_statistics,
+    display_images,
+)
 from ..models.detection import create_detector
 from ..models.registry import BackboneFactory, build_backbone
 from .base import BaseTask
@@ -37,7 +43,7 @@ from .base import BaseTask
 #: The plain ResNet-18, every argument at its default.
 DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.resnet18"}
 
-__all__ = ["DetectionTask", "coco_map", "metric_targets"]
+__all__ = ["DetectionTask", "coco_map", "metric_targets", "render_detection_panel"]
 
 Batch = tuple[Tensor, list[dict[str, Any]]]
 
@@ -136,7 +142,7 @@ class DetectionTask(BaseTask):
 
     monitor = "val/map_50"
     mode = "max"
-    #: Detections drawn by :meth:`prediction_images` score at least this.
+    #: Detections drawn by :meth:`prediction_images` (the PNG panels) score at least this.
     display_score_thresh = 0.3
     #: :meth:`prediction_images` upscales (nearest) images smaller than this side, for legible labels.
     display_min_side = 256
@@ -279,39 +285,15 @@ class DetectionTask(BaseTask):
         )
         return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
 
-    def _statistics(self, channels: int) -> tuple[Tensor, Tensor]:
-        datamodule = (
-            getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        )
-        mean = getattr(datamodule, "mean", None) or (0.0,) * channels
-        std = getattr(datamodule, "std", None) or (1.0,) * channels
-        return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
-
-    def _draw(self, pixels: Tensor, boxes: Tensor, labels: Tensor, texts: list[str]) -> Tensor:
-        if boxes.shape[0] == 0:
-            return pixels
-        colors = [PALETTE[int(label) % len(PALETTE)] for label in labels]
-        return draw_bounding_boxes(
-            pixels,
-            boxes,
-            labels=texts,
-            colors=colors,
-            width=2,
-            fill_labels=True,
-            label_colors="black",
-        )
-
     @torch.no_grad()
-    def prediction_images(self, batch: Batch) -> list[tuple[str, np.ndarray]]:
-        """Ground truth (left) beside predictions (right) for each image of ``batch``.
+    def prediction_samples(self, batch: Batch) -> list[PredictionSample]:
+        """Each image of ``batch`` with its ground truth and every detection, as data.
 
-        Used by :class:`~dck_lightning.callbacks.image_logging.PredictionImageLogger`.
-        Images are un-normalised with the DataModule's ``mean``/``std`` and upscaled (nearest)
-        to at least ``display_min_side`` pixels; predictions scoring below
-        ``display_score_thresh`` are not drawn.
-
-        Returns:
-            ``[(caption, uint8[H, 2W + 4, 3])]``, one per image.
+        Used by :class:`~dck_lightning.callbacks.image_logging.PredictionImageLogger`: on W&B
+        they become ``wandb.Image(boxes=...)`` with the class names, ground truth and
+        predictions as two box sets and a score slider. Images are un-normalised with the
+        DataModule's ``mean``/``std``; boxes are in their pixels; ground-truth boxes of
+        ``difficult`` objects are noted as such.
         """
         images, targets = batch
         was_training = self.model.training
@@ -321,43 +303,96 @@ class DetectionTask(BaseTask):
         finally:
             self.model.train(was_training)
         names = self.class_names()
-        mean, std = self._statistics(images.shape[1])
-        pixels_all = (
-            ((images.detach().float().cpu() * std + mean) * 255)
-            .clamp(0, 255)
-            .round()
-            .to(torch.uint8)
-        )
-        if pixels_all.shape[1] == 1:
-            pixels_all = pixels_all.expand(-1, 3, -1, -1)
-        factor = max(1, math.ceil(self.display_min_side / min(images.shape[-2:])))
-        if factor > 1:
-            pixels_all = F.interpolate(pixels_all, scale_factor=factor, mode="nearest")
-
-        def name(label: Any) -> str:
-            label = int(label)
-            return names[label] if 0 <= label < len(names) else str(label)
-
-        panels = []
-        for index, (pixels, target, detection) in enumerate(zip(pixels_all, targets, detections)):
-            gt_labels = target["labels"].cpu()
-            difficult = target.get("difficult", torch.zeros_like(gt_labels, dtype=torch.bool)).cpu()
-            gt_texts = [
-                name(lab) + (" (difficult)" if d else "") for lab, d in zip(gt_labels, difficult)
-            ]
-            gt = self._draw(pixels, target["boxes"].float().cpu() * factor, gt_labels, gt_texts)
-            keep = detection["scores"] >= self.display_score_thresh
-            labels, scores = detection["labels"][keep].cpu(), detection["scores"][keep].cpu()
-            texts = [f"{name(lab)} {score:.2f}" for lab, score in zip(labels, scores)]
-            pred = self._draw(
-                pixels, detection["boxes"][keep].float().cpu() * factor, labels, texts
+        pixels = display_images(images, *datamodule_statistics(self))
+        samples = []
+        for index, (image, target, detection) in enumerate(zip(pixels, targets, detections)):
+            labels = target["labels"].cpu()
+            difficult = target.get("difficult", torch.zeros_like(labels, dtype=torch.bool))
+            truth = BoxSet(
+                target["boxes"].float().cpu().numpy().reshape(-1, 4),
+                labels.numpy(),
+                notes=["difficult" if d else "" for d in difficult.tolist()],
             )
-            separator = torch.full((3, pixels.shape[1], 4), 255, dtype=torch.uint8)
-            panel = torch.cat([gt, separator, pred], dim=2).permute(1, 2, 0).contiguous().numpy()
-            image_id = target.get("image_id", index)
+            predicted = BoxSet(
+                detection["boxes"].float().cpu().numpy().reshape(-1, 4),
+                detection["labels"].cpu().numpy(),
+                detection["scores"].float().cpu().numpy(),
+            )
+            shown = int((predicted.scores >= self.display_score_thresh).sum())
             caption = (
-                f"{image_id}: ground truth ({len(gt_labels)}) | predictions "
-                f"({len(labels)} with score >= {self.display_score_thresh:g})"
+                f"{target.get('image_id', index)}: ground truth ({len(labels)}) | predictions "
+                f"({shown} with score >= {self.display_score_thresh:g})"
             )
-            panels.append((caption, panel))
-        return panels
+            boxes = {"ground_truth": truth, "predictions": predicted}
+            samples.append(PredictionSample(image, caption, names, boxes=boxes))
+        return samples
+
+    def prediction_images(self, batch: Batch) -> list[tuple[str, np.ndarray]]:
+        """Ground truth (left) beside predictions (right) for each image of ``batch``.
+
+        The PNG form of :meth:`prediction_samples` (runs without W&B): see
+        :func:`render_detection_panel`, with ``display_score_thresh`` and
+        ``display_min_side``.
+
+        Returns:
+            ``[(caption, uint8[H, 2W + 4, 3])]``, one per image.
+        """
+        return [
+            (
+                sample.caption,
+                render_detection_panel(sample, self.display_score_thresh, self.display_min_side),
+            )
+            for sample in self.prediction_samples(batch)
+        ]
+
+
+def render_detection_panel(
+    sample: PredictionSample, score_thresh: float = 0.3, min_side: int = 256
+) -> np.ndarray:
+    """``ground truth | predictions`` side by side, boxes drawn in class colours.
+
+    Boxes are drawn with :func:`torchvision.utils.draw_bounding_boxes`, labelled with the class
+    name (``(difficult)``, or the score for predictions); predictions scoring below
+    ``score_thresh`` are left out. Images with a side below ``min_side`` are enlarged
+    (nearest) so that the labels stay legible.
+
+    Returns:
+        ``uint8[H', 2W' + 4, 3]``.
+    """
+    image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)
+    factor = max(1, math.ceil(min_side / min(image.shape[-2:])))
+    if factor > 1:
+        image = F.interpolate(image[None], scale_factor=factor, mode="nearest")[0]
+
+    def name(label: int) -> str:
+        names = sample.class_names
+        return names[label] if 0 <= label < len(names) else str(label)
+
+    def draw(box_set: BoxSet, keep: np.ndarray) -> Tensor:
+        labels = box_set.labels[keep].tolist()
+        if not labels:
+            return image
+        if box_set.scores is not None:
+            texts = [
+                f"{name(label)} {score:.2f}" for label, score in zip(labels, box_set.scores[keep])
+            ]
+        else:
+            notes = np.asarray(box_set.notes or [""] * len(box_set.labels))[keep]
+            texts = [
+                name(label) + (f" ({note})" if note else "") for label, note in zip(labels, notes)
+            ]
+        return draw_bounding_boxes(
+            image,
+            torch.from_numpy(box_set.boxes[keep]) * factor,
+            labels=texts,
+            colors=[PALETTE[label % len(PALETTE)] for label in labels],
+            width=2,
+            fill_labels=True,
+            label_colors="black",
+        )
+
+    truth, predicted = sample.boxes["ground_truth"], sample.boxes["predictions"]
+    left = draw(truth, np.ones(len(truth.labels), dtype=bool))
+    right = draw(predicted, predicted.scores >= score_thresh)
+    separator = torch.full((3, image.shape[1], 4), 255, dtype=torch.uint8)
+    return torch.cat([left, separator, right], dim=2).permute(1, 2, 0).contiguous().numpy()

@@ -36,6 +36,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from torchvision.utils import draw_segmentation_masks
 
+from ..callbacks.image_logging import PredictionSample, datamodule_statistics, display_images
 from ..data.voc_common import voc_palette
 from ..models.registry import BackboneFactory, build_backbone
 from ..models.segmentation import HEADS, create_segmentation_model
@@ -311,29 +312,19 @@ class SegmentationTask(BaseTask):
         return maps
 
     # -- images for the loggers --------------------------------------------------------------
-    def _display_statistics(self, channels: int) -> tuple[Tensor, Tensor]:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        mean = getattr(datamodule, "mean", None) or (0.0,) * channels
-        std = getattr(datamodule, "std", None) or (1.0,) * channels
-        return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
-
     @torch.no_grad()
-    def prediction_images(
+    def prediction_samples(
         self, batch: SegmentationBatch, max_images: Optional[int] = None
-    ) -> list[tuple[str, np.ndarray]]:
-        """Image | ground truth | prediction panels with a colour legend, one per image.
+    ) -> list[PredictionSample]:
+        """Each image of ``batch`` with its ground-truth and predicted class maps, as data.
 
-        Used by :class:`~dck_lightning.callbacks.image_logging.PredictionImageLogger` (which
-        cuts the batch to its ``max_images``). Images are un-normalised with the DataModule's
-        ``mean``/``std``; masks are drawn with the VOC palette, see
-        :func:`render_segmentation_panel`.
+        Used by :class:`~dck_lightning.callbacks.image_logging.PredictionImageLogger`: on W&B
+        they become ``wandb.Image(masks=...)`` with the class names (``ignore_index`` shown as
+        ``ignore``). Images are un-normalised with the DataModule's ``mean``/``std``.
 
         Args:
             batch: a ``(images, targets)`` batch as the steps see it (normalised images).
-            max_images: render at most this many images (default: all).
-
-        Returns:
-            ``[(caption, uint8[H', W', 3]), ...]``, one per image.
+            max_images: at most this many images (default: all).
         """
         images, targets = batch
         if max_images is not None:
@@ -341,25 +332,49 @@ class SegmentationTask(BaseTask):
         was_training = self.training
         self.eval()
         try:
-            preds = self(images)["out"].argmax(dim=1).cpu()
+            predictions = self(images)["out"].argmax(dim=1).cpu()
         finally:
             self.train(was_training)
-        mean, std = self._display_statistics(images.shape[1])
-        pixels = (
-            ((images.detach().float().cpu() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-        )
-        if pixels.shape[1] == 1:
-            pixels = pixels.expand(-1, 3, -1, -1)
+        pixels = display_images(images, *datamodule_statistics(self))
         names = self.class_names()
-        panels = []
-        for index, (image, pred, target) in enumerate(zip(pixels, preds, targets)):
-            mask = target["mask"].cpu().long()
-            panel = render_segmentation_panel(
-                image[:3], mask, pred, names, self.hparams.ignore_index
-            )
+        samples = []
+        for index, (image, prediction, target) in enumerate(zip(pixels, predictions, targets)):
+            masks = {
+                "ground_truth": target["mask"].cpu().numpy(),
+                "predictions": prediction.numpy(),
+            }
             caption = f"{target.get('image_id', index)}: image | ground truth | prediction"
-            panels.append((caption, panel))
-        return panels
+            samples.append(
+                PredictionSample(
+                    image, caption, names, masks=masks, ignore_index=self.hparams.ignore_index
+                )
+            )
+        return samples
+
+    def prediction_images(
+        self, batch: SegmentationBatch, max_images: Optional[int] = None
+    ) -> list[tuple[str, np.ndarray]]:
+        """Image | ground truth | prediction panels with a colour legend, one per image.
+
+        The PNG form of :meth:`prediction_samples` (runs without W&B); masks are drawn with
+        the VOC palette, see :func:`render_segmentation_panel`.
+
+        Returns:
+            ``[(caption, uint8[H', W', 3]), ...]``, one per image.
+        """
+        return [
+            (
+                sample.caption,
+                render_segmentation_panel(
+                    torch.from_numpy(sample.image).permute(2, 0, 1),
+                    torch.from_numpy(sample.masks["ground_truth"]).long(),
+                    torch.from_numpy(sample.masks["predictions"]).long(),
+                    sample.class_names,
+                    self.hparams.ignore_index,
+                ),
+            )
+            for sample in self.prediction_samples(batch, max_images)
+        ]
 
 
 # -- rendering ---------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_skips_sanity_check_other_ranks_and_modules_without_images(tmp_path: Pat
         fake_trainer(tmp_path), module, None, batch(), 0, dataloader_idx=1
     )
     assert module.calls == []
-    with pytest.warns(UserWarning, match="no prediction_images"):
+    with pytest.warns(UserWarning, match="nor prediction_images"):
         callback.on_validation_batch_end(fake_trainer(tmp_path), object(), None, batch(), 0)
     assert not (tmp_path / "images").exists()
     with pytest.raises(ValueError):
