@@ -1,7 +1,9 @@
-"""Shared by the benchmark scripts: update one marked section of BENCHMARKS.md."""
+"""Shared by the benchmark scripts: interleaved timing rounds and BENCHMARKS.md sections."""
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -17,3 +19,41 @@ def write_section(path: Path, body: str, markers: tuple[str, str]) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def interleaved_times(
+    steps: dict[str, Callable[[], float]],
+    repeats: int,
+    warmup: int,
+    budget: float = float("inf"),
+    min_repeats: int = 3,
+) -> dict[str, dict[int, float]]:
+    """Seconds of every step in every round, ``{name: {round: seconds}}``.
+
+    ``steps`` maps a name to a callable that runs one step and returns its seconds. Each
+    round runs every step once, in an order rotated by one each round, so that a change of
+    machine load hits them all alike; the first ``warmup`` rounds are not kept. A step that
+    takes more than ``budget`` seconds keeps ``max(min_repeats, budget · repeats / seconds)``
+    rounds and a single warm-up.
+    """
+    names = list(steps)
+    times: dict[str, dict[int, float]] = {name: {} for name in names}
+    wanted = dict.fromkeys(names, repeats)
+    for round_index in range(warmup + repeats):
+        warming_up = round_index < warmup
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            if len(times[name]) >= wanted[name] or (warming_up and wanted[name] < repeats):
+                continue
+            seconds = steps[name]()
+            if seconds > budget:
+                wanted[name] = min(wanted[name], max(min_repeats, int(budget * repeats / seconds)))
+            if not warming_up:
+                times[name][round_index] = seconds
+    return times
+
+
+def paired_ratio(times: dict[int, float], baseline: dict[int, float]) -> float:
+    """Median over rounds of ``time / baseline time of the same round``."""
+    typical = statistics.median(baseline.values())
+    return statistics.median(seconds / baseline.get(r, typical) for r, seconds in times.items())

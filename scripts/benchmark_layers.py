@@ -1,7 +1,8 @@
 """Forward+backward time and peak memory of the DCK layers relative to ``nn.Conv2d``.
 
 Every layer is timed in the same process as an ``nn.Conv2d`` baseline of the same kernel
-size, at batch 32, 64→64 channels, 32×32 pixels, k = 3 and k = 7. The layers of one kernel
+size, at the shapes of ``--shapes`` (default: batch 16, 32→32 channels, 32×32 pixels and
+batch 32, 64→64 channels, 32×32), k = 3 and k = 7. The layers of one shape and kernel
 size are timed *interleaved*: each round runs every layer once, the baseline included, in a
 rotating order, so that a change of machine load mid-run hits them all alike. A row's time
 is the median over its rounds and its ratio the median of (layer / baseline of the same
@@ -12,6 +13,7 @@ forward+backward (CPU: the profiler's allocation records; CUDA: ``max_memory_all
     python scripts/benchmark_layers.py                        # prints the table
     python scripts/benchmark_layers.py --write BENCHMARKS.md  # and updates BENCHMARKS.md
     python scripts/benchmark_layers.py --kernel-sizes 3 --only DCK --threads 1  # a quick look
+    python scripts/benchmark_layers.py --shapes 64x128x56 --device cuda         # another shape
 
 On a shared machine, look at the load average printed with the table (``uptime``).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import platform
@@ -33,7 +36,7 @@ from typing import Callable
 
 import torch
 import torchvision
-from bench_utils import write_section
+from bench_utils import interleaved_times, paired_ratio, write_section
 from torch import nn
 
 from dck_lightning.layers import DeformConv2d, DynamicConv2d
@@ -64,43 +67,6 @@ def time_fwd_bwd(layer: nn.Module, x: torch.Tensor) -> float:
     layer.zero_grad(set_to_none=True)
     x.grad = None
     return seconds
-
-
-def interleaved_times(
-    layers: dict[str, nn.Module],
-    x: torch.Tensor,
-    repeats: int,
-    warmup: int,
-    budget: float,
-    min_repeats: int,
-) -> dict[str, dict[int, float]]:
-    """Seconds of every layer in every round, ``{name: {round: seconds}}``.
-
-    Each round runs every layer once, in an order rotated by one each round; the first
-    ``warmup`` rounds are not kept. A layer that takes more than ``budget`` seconds keeps
-    ``max(min_repeats, budget · repeats / seconds)`` rounds and a single warm-up.
-    """
-    names = list(layers)
-    times: dict[str, dict[int, float]] = {name: {} for name in names}
-    wanted = dict.fromkeys(names, repeats)
-    for round_index in range(warmup + repeats):
-        warming_up = round_index < warmup
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            if len(times[name]) >= wanted[name] or (warming_up and wanted[name] < repeats):
-                continue
-            seconds = time_fwd_bwd(layers[name], x)
-            if seconds > budget:
-                wanted[name] = min(wanted[name], max(min_repeats, int(budget * repeats / seconds)))
-            if not warming_up:
-                times[name][round_index] = seconds
-    return times
-
-
-def paired_ratio(times: dict[int, float], baseline: dict[int, float]) -> float:
-    """Median over rounds of ``time / baseline time of the same round``."""
-    typical = statistics.median(baseline.values())
-    return statistics.median(seconds / baseline.get(r, typical) for r, seconds in times.items())
 
 
 @contextlib.contextmanager
@@ -207,8 +173,19 @@ def layer_cases(channels: int, k: int) -> list[tuple[str, Callable[[], nn.Module
     return cases
 
 
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"16x32x32"`` → ``(batch 16, 32→32 channels, 32×32 pixels)``."""
+    try:
+        batch, channels, size = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a shape is BATCHxCHANNELSxSIZE, e.g. 16x32x32; got {text!r}"
+        ) from None
+    return batch, channels, size
+
+
 def run(args: argparse.Namespace) -> list[str]:
-    """Time every layer at every kernel size with the current number of threads; the table."""
+    """Time every layer at every shape and kernel size with the current number of threads."""
     device = torch.device(args.device)
     start_load = os.getloadavg()[0]
     print(f"{torch.get_num_threads()} threads, load average at start: {start_load:.2f}", flush=True)
@@ -217,31 +194,38 @@ def run(args: argparse.Namespace) -> list[str]:
         if device.type == "cpu"
         else f"### {device.type}",
         "",
-        "| k | layer | ms | × conv2d | rounds | peak MiB |",
-        "|---|---|---|---|---|---|",
+        "| batch, channels, size | k | layer | ms | × conv2d | rounds | peak MiB |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for k in args.kernel_sizes:
-        torch.manual_seed(0)
-        x = torch.randn(
-            args.batch, args.channels, args.size, args.size, device=device, requires_grad=True
-        )
-        cases = [
-            (name, make)
-            for name, make in layer_cases(args.channels, k)
-            if name == BASELINE.format(k=k) or not args.only or any(s in name for s in args.only)
-        ]
-        layers = {name: make().to(device) for name, make in cases}
-        times = interleaved_times(
-            layers, x, args.repeats, args.warmup, args.budget, args.min_repeats
-        )
-        baseline = times[BASELINE.format(k=k)]
-        for name, layer in layers.items():
-            seconds = statistics.median(times[name].values())
-            ratio = paired_ratio(times[name], baseline)
-            memory = peak_memory_mb(layer, x)
-            row = f"| {k} | {name} | {seconds * 1e3:.1f} | {ratio:.2f} | {len(times[name])} | {memory:.0f} |"
-            print(row, flush=True)
-            lines.append(row)
+    for batch, channels, size in args.shapes:
+        for k in args.kernel_sizes:
+            torch.manual_seed(0)
+            x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
+            cases = [
+                (name, make)
+                for name, make in layer_cases(channels, k)
+                if name == BASELINE.format(k=k)
+                or not args.only
+                or any(s in name for s in args.only)
+            ]
+            layers = {name: make().to(device) for name, make in cases}
+            steps = {
+                name: functools.partial(time_fwd_bwd, layer, x) for name, layer in layers.items()
+            }
+            times = interleaved_times(
+                steps, args.repeats, args.warmup, args.budget, args.min_repeats
+            )
+            baseline = times[BASELINE.format(k=k)]
+            for name, layer in layers.items():
+                seconds = statistics.median(times[name].values())
+                ratio = paired_ratio(times[name], baseline)
+                memory = peak_memory_mb(layer, x)
+                row = (
+                    f"| {batch}, {channels}→{channels}, {size}×{size} | {k} | {name} | "
+                    f"{seconds * 1e3:.1f} | {ratio:.2f} | {len(times[name])} | {memory:.0f} |"
+                )
+                print(row, flush=True)
+                lines.append(row)
     end_load = os.getloadavg()[0]
     print(f"load average at end: {end_load:.2f}", flush=True)
     lines += [
@@ -267,9 +251,13 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--channels", type=int, default=64)
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument(
+        "--shapes",
+        type=parse_shape,
+        nargs="+",
+        default=[(16, 32, 32), (32, 64, 32)],
+        help="BATCHxCHANNELSxSIZE of the input (channels in = out); default 16x32x32 32x64x32",
+    )
     parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[3, 7])
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
@@ -296,8 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=Path, help="update this markdown file's layer section")
     args = parser.parse_args(argv)
     lines = [
-        f"Batch {args.batch}, {args.channels}→{args.channels} channels, {args.size}×{args.size}, "
-        f"float32, {args.device}; forward+backward. The layers of one kernel size are timed "
+        f"Float32, {args.device}; forward+backward. The layers of one kernel size are timed "
         f"interleaved, round by round: ms is the median of {args.repeats} rounds after "
         f"{args.warmup} warm-up (layers slower than {args.budget:g} s a round: fewer rounds, at "
         f"least {args.min_repeats}, after one warm-up); × conv2d is the median over rounds of "

@@ -23,10 +23,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee 
 status=$?
 [ "$status" -eq 3 ] && exit 3
 
-"$python" scripts/benchmark_layers.py --device cuda --repeats 20 --warmup 3 \
+"$python" scripts/benchmark_layers.py --device cuda --repeats 20 --warmup 3 --shapes 32x64x32 \
     --write "$out/BENCHMARKS.md" 2>&1 | tee "$out/layers_cuda.log" || status=1
 "$python" scripts/benchmark_layers.py --device cuda --repeats 20 --warmup 3 \
-    --batch 64 --channels 128 --size 56 2>&1 | tee "$out/layers_cuda_stage2.log" || status=1
+    --shapes 64x128x56 2>&1 | tee "$out/layers_cuda_stage2.log" || status=1
 "$python" scripts/benchmark_detection.py --device cuda --steps 40 --batch 32 --size 256 \
     --widths 64 128 256 512 --fpn-channels 128 2>&1 | tee "$out/detection_cuda.log" || status=1
 exit "$status"

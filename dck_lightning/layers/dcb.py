@@ -1,6 +1,9 @@
 """Dynamic convolutional blocks: the plain DCB and the residual DCB of the design document.
 
-* :class:`DCB`: ``DCK ConvBlock → ConvBlock(3×3) → deformable ConvBlock → GCM``.
+* :class:`DCB`: ``DCK ConvBlock → ConvBlock(3×3) → deformable ConvBlock, added to its input → GCM``::
+
+      y = ConvBlock_3×3(ConvBlock_DCK(x))
+      out = GCM(y + deform(y))
 * :class:`ResidualDCB` (the design document's ResNet block)::
 
       y = act(norm_0(deform(ConvBlock_3×3(ConvBlock_DCK(x)))) + shortcut(x))
@@ -109,10 +112,13 @@ class _DCBBase(nn.Module):
 
 
 class DCB(_DCBBase):
-    """Dynamic convolutional block: ``GCM(deform(ConvBlock(ConvBlock_DCK(x))))``.
+    """Dynamic convolutional block::
 
-    See :class:`_DCBBase` for the arguments. The inner ConvBlocks are residual where the
-    shapes match.
+        y = ConvBlock_3×3(ConvBlock_DCK(x))
+        out = GCM(y + deform(y))
+
+    with ``deform = act(norm(DeformConv2d_3×3))`` (a plain 3×3 conv with ``deform=False``). See :class:`_DCBBase` for the arguments.
+    The inner ConvBlocks are residual too where the shapes match.
 
     Examples::
         >>> block = DCB(8, 16, stride=2)

@@ -199,8 +199,8 @@ class DynamicConv2d(nn.Module):
         self.adaptive = adaptive
         self.max_scale = float(max_scale)
         self.extent_mode = extent
-        self.init_extent = float(init_extent or max(self.kernel_size))
-        if self.init_extent <= 0:
+        self.init_extent = float(max(self.kernel_size) if init_extent is None else init_extent)
+        if not self.init_extent > 0:
             raise ValueError(f"init_extent must be > 0 (taps), got {init_extent}")
         self.crop_threshold = float(crop_threshold)
         self.backend = None if backend is None else check_backend(backend)

@@ -52,6 +52,19 @@ def test_block_shapes_for_every_switch(block_cls, dck, deform, gcm, in_ch, out_c
     assert isinstance(block.gcm, GlobalContextModule) == gcm
 
 
+def test_dcb_forward_is_its_docstring_formula():
+    """``y = ConvBlock_3×3(ConvBlock_DCK(x)); out = GCM(y + deform(y))`` — the residual included."""
+    assert "out = GCM(y + deform(y))" in DCB.__doc__
+    torch.manual_seed(0)
+    block = DCB(4, 4, dck_kernel_size=3).eval()
+    with torch.no_grad():  # non-trivial GCM, so that the order of the terms matters
+        nn.init.normal_(block.gcm.gca.transform[-1].weight)
+    x = torch.randn(2, 4, 8, 8)
+    y = block.conv(block.dck(x))
+    torch.testing.assert_close(block(x), block.gcm(y + block.deform(y)))
+    assert not torch.allclose(block(x), block.gcm(block.deform(y)))
+
+
 def test_residual_dcb_starts_as_its_shortcut():
     block = ResidualDCB(4, 4).eval()
     x = torch.randn(2, 4, 8, 8)

@@ -37,6 +37,8 @@ CASES = [
     ),
     (lambda: DynamicConv2d(4, 8, 3, max_scale=0.5), "max_scale must be >= 1"),
     (lambda: DynamicConv2d(4, 8, 3, crop_threshold=1.5), r"crop_threshold must be in \[0, 1\)"),
+    (lambda: DynamicConv2d(4, 8, 3, init_extent=0), r"init_extent must be > 0 \(taps\), got 0"),
+    (lambda: DynamicConv2d(4, 8, 3, init_extent=-1.0), r"init_extent must be > 0 \(taps\), got -1"),
     (
         lambda: DeformConv2d(6, 8, 3, groups=4),
         r"in_channels \(6\) must be divisible by groups \(4\)",
