@@ -9,13 +9,18 @@ The design document's DCK has two mechanisms (see ``DESIGN.md``, "The building b
 with ``(u, v)`` the tap position relative to the centre (per layer or per output channel).
 The effective kernel is ``W ⊙ M``. Rows/columns of taps whose mask is below
 ``crop_threshold`` for every channel are cropped away, so a layer that has learned a small
-extent really runs a smaller convolution: the kernel size adjusts itself.
+extent really runs a smaller convolution: the kernel size adjusts itself. The crop is decided
+outside the forward pass — after every optimiser step that changed the extent, after loading
+a state dict, on :meth:`DynamicConv2d.prune` — so that a forward pass never waits for the
+device and :func:`torch.compile` sees the kernel size as a constant.
 
 *Position adaptive.* A localisation network (one 3×3 convolution, zero-initialised)
 predicts for each output position a centre shift ``t = c · tanh(r_t)`` (``c`` the centre
 constraint, pixels) and a scale ``s = max_scale ** tanh(r_s)`` (``s = 1`` at init). Tap
 ``p_k`` samples the input at ``p + t + s · p_k``, i.e. a deformable convolution with the
 structured offsets ``o_k = t + (s − 1) · p_k`` — 4 predicted channels instead of ``2k²``.
+The ``torch`` sampling backend takes these positions directly (an affine copy of the tap
+grid per output position); the ``torchvision`` one the offsets.
 
 At initialisation the layer is a plain convolution of the masked weights.
 """
@@ -23,6 +28,8 @@ At initialisation the layer is a plain convolution of the masked weights.
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Iterable
 from typing import Optional, Union
 
 import torch
@@ -31,8 +38,9 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.utils import _pair
 from torch.nn.parameter import UninitializedParameter
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .sampling import Backend, check_backend, deform_conv2d
+from .sampling import Backend, check_backend, deform_conv2d, resolve_backend, sampled_conv2d
 from .validation import check_choice, check_divisible, check_positive
 
 IntPair = Union[int, tuple[int, int]]
@@ -213,7 +221,20 @@ class DynamicConv2d(nn.Module):
         self.localization = (
             self._make_localization(in_channels) if adaptive and in_channels > 0 else None
         )
+        self._crop: tuple[int, int] = (
+            (self.kernel_size[0] - 1) // 2,
+            (self.kernel_size[1] - 1) // 2,
+        )
+        self._crop_version = -1  # the extent's version counter when the crop was decided
         self.reset_parameters()
+        if not self.extent.is_meta:
+            self.prune()
+        _LAYERS.add(self)
+        self.register_load_state_dict_post_hook(_prune_after_load)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        _LAYERS.add(self)  # copies (deepcopy, unpickling) join the optimiser-step hook too
 
     def _make_localization(self, in_channels: int) -> Localization:
         return Localization(in_channels, self.stride, self.center_constraint, self.max_scale)
@@ -247,31 +268,44 @@ class DynamicConv2d(nn.Module):
     def crop_radius(self) -> tuple[int, int]:
         """Half-size ``(r_y, r_x)`` of the taps kept: rows/columns whose mask reaches the threshold.
 
-        ``M`` is separable with ``M_x(0) = 1``, so row ``u`` has a tap above the threshold
-        exactly when ``max_e M_y[e, u] ≥ τ``; the kept rows form a centred interval.
+        The crop decided by :meth:`prune` (Python ints: no device synchronisation). It is
+        decided again only if the extent changed since by something else than an optimiser
+        step or a loaded state dict (an in-place edit), and never while compiling or exporting.
         """
-        if self.crop_threshold == 0:
-            return ((self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2)
-        if torch.compiler.is_exporting():
-            # torch.export cannot follow a shape that depends on parameter values: the
-            # exported graph runs the kernel size of the weights it was exported with.
-            return _frozen_crop_radius(self)
-        return self._crop_radius()
+        if (
+            self.crop_threshold > 0
+            and self.extent._version != self._crop_version
+            and not torch.compiler.is_compiling()
+        ):
+            self.prune()
+        return self._crop
 
-    def _crop_radius(self) -> tuple[int, int]:
+    def prune(self) -> tuple[int, int]:
+        """Decide the crop from the current extent (one device synchronisation); returns the
+        effective kernel size.
+
+        ``M`` is separable with ``M_x(0) = 1``, so row ``u`` has a tap above the threshold
+        exactly when ``max_e M_y[e, u] ≥ τ``; the kept rows form a centred interval. Called
+        after every optimiser step that changed the extent (for all layers at once, see
+        :func:`decide_crops`) and after ``load_state_dict``.
+        """
+        decide_crops([self])
+        return self.effective_kernel_size
+
+    def _kept_taps(self) -> Tensor:
+        """``[rows kept, columns kept]`` on the extent's device (``crop_threshold > 0``)."""
         with torch.no_grad():
             m_y, m_x = self._axis_masks()
-            kept = torch.stack(
+            return torch.stack(
                 (
                     (m_y.amax(0) >= self.crop_threshold).sum(),
                     (m_x.amax(0) >= self.crop_threshold).sum(),
                 )
-            ).tolist()
-        return (kept[0] // 2, kept[1] // 2)
+            )
 
     @property
     def effective_kernel_size(self) -> tuple[int, int]:
-        """The kernel size this layer currently runs, after cropping."""
+        """The kernel size this layer runs, after cropping."""
         r_y, r_x = self.crop_radius()
         return (2 * r_y + 1, 2 * r_x + 1)
 
@@ -307,16 +341,49 @@ class DynamicConv2d(nn.Module):
         )
         return self.localization(pad_or_crop(x, (-align[0], -align[1])))
 
+    def _taps(self, radius: tuple[int, int], device, dtype) -> tuple[Tensor, Tensor]:
+        """Positions ``p_k`` of the kept taps relative to the centre, pixels, row-major: ``[K]`` each."""
+        (r_y, r_x), (d_y, d_x) = radius, self.dilation
+        taps_y = torch.arange(-r_y, r_y + 1, device=device, dtype=dtype) * d_y
+        taps_x = torch.arange(-r_x, r_x + 1, device=device, dtype=dtype) * d_x
+        return taps_y.repeat_interleave(2 * r_x + 1), taps_x.repeat(2 * r_y + 1)
+
     def offsets(self, x: Tensor, radius: Optional[tuple[int, int]] = None) -> Tensor:
         """Structured deformable offsets ``[B, 2·kh'·kw', H_out, W_out]`` of the kept taps."""
-        r_y, r_x = radius or self.crop_radius()
+        radius = radius or self.crop_radius()
         shift, scale = self.position_parameters(x)
-        d_y, d_x = self.dilation
-        taps_y = torch.arange(-r_y, r_y + 1, device=x.device, dtype=shift.dtype) * d_y
-        taps_x = torch.arange(-r_x, r_x + 1, device=x.device, dtype=shift.dtype) * d_x
-        tap_y = taps_y.repeat_interleave(2 * r_x + 1)
-        tap_x = taps_x.repeat(2 * r_y + 1)
-        return structured_offsets(shift, scale, tap_y, tap_x)
+        return structured_offsets(shift, scale, *self._taps(radius, x.device, shift.dtype))
+
+    def sample_positions(
+        self, x: Tensor, radius: Optional[tuple[int, int]] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Input coordinates ``p + t + s · p_k`` of every kept tap: ``(y, x) [B, 1, K, H_out, W_out]``.
+
+        ``p`` is the centre of the full kernel's window at each output position (pixel
+        centres at integers), so the cropped kernel keeps the full kernel's output grid.
+        """
+        radius = radius or self.crop_radius()
+        shift, scale = self.position_parameters(x)
+        dtype = torch.promote_types(shift.dtype, torch.float32)  # positions in float32 at least
+        shift, scale = shift.to(dtype), scale.to(dtype)
+        out_h, out_w = shift.shape[-2:]
+        taps = self._taps(radius, x.device, shift.dtype)
+        positions = []
+        for axis, size in enumerate((out_h, out_w)):
+            k, s, p, d = (
+                self.kernel_size[axis],
+                self.stride[axis],
+                self.padding[axis],
+                self.dilation[axis],
+            )
+            centre = torch.arange(size, device=x.device, dtype=shift.dtype) * s + (
+                d * (k - 1) // 2 - p
+            )
+            centre = centre.view(size, 1) if axis == 0 else centre
+            base = (shift[:, axis] + centre).unsqueeze(1)  # [B, 1, H_out, W_out]
+            step = scale[:, axis].unsqueeze(1)
+            positions.append(torch.addcmul(base, step, taps[axis].view(-1, 1, 1)).unsqueeze(1))
+        return positions[0], positions[1]
 
     def forward(self, x: Tensor) -> Tensor:
         radius = self.crop_radius()
@@ -334,6 +401,9 @@ class DynamicConv2d(nn.Module):
                 self.dilation,
                 self.groups,
             )
+        if resolve_backend(self.backend, x) == "torch":
+            y, x_positions = self.sample_positions(x, radius)
+            return sampled_conv2d(x, y, x_positions, weight, self.bias)
         offset = self.offsets(x, radius)
         inner = pad_or_crop(x, tuple(min(p, 0) for p in padding))
         return deform_conv2d(
@@ -368,9 +438,35 @@ class DynamicConv2d(nn.Module):
         return s
 
 
-@torch.compiler.assume_constant_result
-def _frozen_crop_radius(layer: DynamicConv2d) -> tuple[int, int]:
-    return layer._crop_radius()
+# Every live DCK, so that one optimiser-step hook decides the crops of all of them.
+_LAYERS: "weakref.WeakSet[DynamicConv2d]" = weakref.WeakSet()
+
+
+def decide_crops(layers: Iterable[DynamicConv2d]) -> None:
+    """Decide the crop of every layer from its extent, with one device synchronisation."""
+    layers = [layer for layer in layers if layer.crop_threshold > 0 and not layer.extent.is_meta]
+    if not layers:
+        return
+    by_device: dict[torch.device, list[DynamicConv2d]] = {}
+    for layer in layers:
+        by_device.setdefault(layer.extent.device, []).append(layer)
+    for group in by_device.values():
+        kept = torch.stack([layer._kept_taps() for layer in group]).tolist()
+        for layer, (rows, columns) in zip(group, kept):
+            layer._crop = (rows // 2, columns // 2)
+            layer._crop_version = layer.extent._version
+
+
+def _prune_after_load(module: DynamicConv2d, incompatible_keys) -> None:
+    module.prune()
+
+
+def _decide_crops_after_step(optimizer, args, kwargs) -> None:
+    """Optimiser step post-hook: re-decide the crops whose extent the step changed."""
+    decide_crops(layer for layer in _LAYERS if layer.extent._version != layer._crop_version)
+
+
+register_optimizer_step_post_hook(_decide_crops_after_step)
 
 
 def _keras_center_constraint(value: Union[float, tuple, list]) -> tuple[float, float]:

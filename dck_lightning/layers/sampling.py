@@ -9,31 +9,36 @@ image), optionally modulates each sample by ``m_k`` and contracts with the weigh
 Backends:
 
 * ``"torchvision"`` — :func:`torchvision.ops.deform_conv2d` (its own CPU/CUDA kernels).
-* ``"torch"`` — pure PyTorch: the input read channels-last as a table of rows, each
-  sample a weighted sum of four rows (bilinear weights shared by all channels, the mask
-  folded in), then one matrix multiply with the weight. On CPU the two steps are fused and
-  chunked, with a backward built on sparse-matrix products (:class:`_DeformMatmulCPU`);
-  elsewhere, and for ONNX export (``Gather``/``MatMul``), they run through autograd. Runs in
-  ``float16``/``bfloat16`` (and under :func:`torch.autocast`) and is 10–30× faster than
-  torchvision's kernel on CPU.
+* ``"torch"`` — pure PyTorch: the input read channels-last as a table of rows, each sample a
+  weighted sum of four rows (bilinear weights shared by all channels, the mask folded in),
+  i.e. the im2col matrix ``cols = S · table`` with ``S`` a sparse matrix of four non-zeros a
+  row, then one matrix multiply with the weight. On CPU the two steps run fused and chunked
+  with a hand-written backward of sparse-matrix products (:func:`sampled_matmul`, a
+  ``torch.library`` op, so that :func:`torch.compile` keeps it whole); elsewhere, and for
+  export (ONNX ``Gather``/``MatMul``, :func:`torch.export`, TorchScript tracing), the same
+  sums run through autograd. Runs in ``float16``/``bfloat16`` (and under
+  :func:`torch.autocast`) and is 10–50× faster than torchvision's kernel on CPU.
 * ``"auto"`` — picks per device and dtype (see :func:`resolve_backend`).
 
 The backend is chosen per call, per layer (``backend=`` argument of the layers) or
 globally with :func:`set_default_backend` / the :func:`sampling_backend` context manager.
+
+The ``torch`` backend takes the sample positions themselves (:func:`sampled_conv2d`), so a
+layer whose positions have structure — the DCK's ``p + t + s · p_k`` — computes them directly
+instead of going through ``2·k²`` offset channels.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 Backend = Literal["auto", "torch", "torchvision"]
@@ -140,17 +145,49 @@ def deform_conv2d(
             dilation=dilation,
             mask=mask,
         )
-    return _deform_conv2d_torch(input, offset, weight, bias, stride, padding, dilation, mask)
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    check_shapes(input, offset, weight, mask, stride, padding, dilation)
+    y, x = sample_positions(offset, weight.shape[-2:], stride, padding, dilation)
+    if mask is not None:
+        mask = mask.view(y.shape)
+    return sampled_conv2d(input, y, x, weight, bias, mask)
 
 
-def _check_shapes(input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor]) -> int:
-    """Validate the channel arithmetic and return the number of offset groups."""
+def conv_output_size(
+    in_size: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    """``(out_h, out_w)`` of a convolution, as :class:`torch.nn.Conv2d` computes it."""
+    return tuple(
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, k, s, p, d in zip(in_size, kernel_size, stride, padding, dilation)
+    )
+
+
+def check_shapes(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    mask: Optional[Tensor],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> int:
+    """Validate the arguments of :func:`deform_conv2d` as torchvision does; the offset groups.
+
+    Checks the channel arithmetic, that offset and mask hold one entry per image, and that
+    their spatial size is the convolution's output size (torchvision's "offset output dims:
+    (h, w) - computed output dims: (h', w')").
+    """
     in_channels, taps = input.shape[1], weight.shape[2] * weight.shape[3]
     if in_channels % weight.shape[1] != 0:
         raise ValueError(
             f"input channels ({in_channels}) must be a multiple of weight.shape[1] ({weight.shape[1]})"
         )
-    if offset.shape[1] % (2 * taps) != 0:
+    if offset.shape[1] % (2 * taps) != 0 or offset.shape[1] == 0:
         raise ValueError(
             f"offset.shape[1] ({offset.shape[1]}) must be a multiple of 2 * kernel taps ({2 * taps})"
         )
@@ -164,17 +201,32 @@ def _check_shapes(input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[
             f"mask.shape[1] ({mask.shape[1]}) must equal offset_groups * kernel taps "
             f"({offset_groups * taps})"
         )
+    out_size = conv_output_size(input.shape[-2:], weight.shape[-2:], stride, padding, dilation)
+    for name, tensor in (("offset", offset), ("mask", mask)):
+        if tensor is None:
+            continue
+        if tensor.shape[0] != input.shape[0]:
+            raise ValueError(
+                f"invalid batch size of {name}: {tensor.shape[0]}, input has {input.shape[0]}"
+            )
+        if tuple(tensor.shape[-2:]) != out_size:
+            raise ValueError(
+                f"{name} output dims: {tuple(tensor.shape[-2:])} - computed output dims: "
+                f"{out_size} (the convolution of a {tuple(input.shape[-2:])} input with kernel "
+                f"{tuple(weight.shape[-2:])}, stride {stride}, padding {padding}, dilation "
+                f"{dilation}); {name} needs one entry per output position"
+            )
     return offset_groups
 
 
 def sample_positions(
     offset: Tensor,
-    kernel_size: tuple[int, int],
+    kernel_size: Sequence[int],
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> tuple[Tensor, Tensor]:
-    """Input coordinates ``(y, x)`` of every sample, in the order of the im2col rows.
+    """Input coordinates ``(y, x)`` of every sample, tap-major.
 
     Tap ``k = (i, j)`` of output position ``(oy, ox)`` in offset group ``g`` samples the input
     at ``(oy·s_y − p_y + i·d_y + Δy, ox·s_x − p_x + j·d_x + Δx)`` (pixel units, pixel centres
@@ -184,22 +236,20 @@ def sample_positions(
         offset (Tensor[B, 2 * G * kh * kw, out_h, out_w]): ``(Δy, Δx)`` per tap, torchvision's layout.
 
     Returns:
-        y, x (Tensor[B, out_h, out_w, kh * kw, G])
+        y, x (Tensor[B, G, kh * kw, out_h, out_w])
     """
     batch, channels, out_h, out_w = offset.shape
     kh, kw = kernel_size
     groups = channels // (2 * kh * kw)
     device, dtype = offset.device, torch.promote_types(offset.dtype, torch.float32)
-    # [B, G, K, 2, out_h, out_w] -> [B, out_h, out_w, K, G, 2], copied once in that order.
     offset = offset.to(dtype).view(batch, groups, kh * kw, 2, out_h, out_w)
-    offset = offset.permute(0, 4, 5, 2, 1, 3).contiguous()
     tap_y = (torch.arange(kh, device=device) * dilation[0]).repeat_interleave(kw)
     tap_x = (torch.arange(kw, device=device) * dilation[1]).repeat(kh)
     pos_y = torch.arange(out_h, device=device) * stride[0] - padding[0]
     pos_x = torch.arange(out_w, device=device) * stride[1] - padding[1]
-    grid_y = (pos_y.view(-1, 1, 1, 1) + tap_y.view(-1, 1)).to(dtype)  # [out_h, 1, K, 1]
-    grid_x = (pos_x.view(-1, 1, 1) + tap_x.view(-1, 1)).to(dtype)  # [out_w, K, 1]
-    return offset[..., 0] + grid_y, offset[..., 1] + grid_x
+    grid_y = (tap_y.view(kh * kw, 1, 1) + pos_y.view(out_h, 1)).to(dtype)  # [K, out_h, 1]
+    grid_x = (tap_x.view(kh * kw, 1, 1) + pos_x).to(dtype)  # [K, 1, out_w]
+    return offset[:, :, :, 0] + grid_y, offset[:, :, :, 1] + grid_x
 
 
 def padded_table(input: Tensor, offset_groups: int) -> Tensor:
@@ -210,40 +260,48 @@ def padded_table(input: Tensor, offset_groups: int) -> Tensor:
     their neighbours in the table; a sample beyond the image reads only zeros, so the
     clamp changes neither its value (0) nor its gradient (0).
     """
+    batch, channels, height, width = input.shape
     table = F.pad(input.permute(0, 2, 3, 1), (0, 0, 1, 2, 1, 2))
-    return table.reshape(-1, input.shape[1] // offset_groups)
+    return table.reshape(
+        batch * (height + 3) * (width + 3) * offset_groups, channels // offset_groups
+    )
+
+
+def corner_offsets(width: int, groups: int) -> tuple[int, int, int, int]:
+    """Table-row offsets of the four neighbours ``(y0, x0), (y0, x1), (y1, x0), (y1, x1)``
+    from the first, in the table of :func:`padded_table`."""
+    row = (width + 3) * groups  # table rows from one image row to the next
+    return (0, groups, row, row + groups)
 
 
 def bilinear_neighbours(
     y: Tensor, x: Tensor, mask: Optional[Tensor], in_size: tuple[int, int]
 ) -> tuple[Tensor, Tensor]:
-    """The four table rows of every bilinear sample and their weights.
+    """The first of the four table rows of every bilinear sample, and the four weights.
 
-    A sample at ``(y, x)`` is ``Σ_n weights[·, n] · table[index[·, n]]`` with the table of
-    :func:`padded_table`. The modulation ``mask`` is folded into the weights: it costs
-    nothing in the sampling. Differentiable in ``y``, ``x`` and ``mask``.
+    A sample at ``(y, x)`` is ``Σ_n weights[·, n] · table[index + corner_offsets[n]]`` with
+    the table of :func:`padded_table`. The modulation ``mask`` is folded into the weights:
+    it costs nothing in the sampling. Differentiable in ``y``, ``x`` and ``mask``.
 
     Args:
         y, x (Tensor[B, out_h, out_w, K, G]): coordinates, clamped to ``[−1, size]``.
         mask (Tensor[B, out_h, out_w, K, G], optional): modulation.
 
     Returns:
-        index (LongTensor[N, 4]) and weights (Tensor[N, 4]),
-        ``N = B·out_h·out_w·K·G``; neighbours ordered ``(y0, x0), (y0, x1), (y1, x0), (y1, x1)``.
+        index (LongTensor[N]) and weights (Tensor[N, 4]), ``N = B·out_h·out_w·K·G``;
+        neighbours ordered ``(y0, x0), (y0, x1), (y1, x0), (y1, x1)``.
     """
     height, width = in_size
     batch, groups, device = y.shape[0], y.shape[-1], y.device
-    row = (width + 3) * groups  # table rows from one image row to the next
+    row = (width + 3) * groups
     # A NaN coordinate (from NaN offsets) reads the zero border instead of an arbitrary row;
     # its weights stay NaN, so the output is NaN, as a convolution of NaNs would be.
-    top = torch.nan_to_num(y.detach(), nan=-1.0).floor()
-    left = torch.nan_to_num(x.detach(), nan=-1.0).floor()
+    top = torch.nan_to_num(y.detach(), nan=-1.0).floor_()
+    left = torch.nan_to_num(x.detach(), nan=-1.0).floor_()
     # Table row of the top-left neighbour: (b, top + 1, left + 1, g) in the padded image.
     first = torch.arange(batch, device=device) * ((height + 3) * row) + row + groups
-    first = first.view(-1, 1, 1, 1, 1) + torch.arange(groups, device=device)
-    top_left = (top.long() * row).add_(left.long() * groups).add_(first)
-    corners = torch.tensor([0, groups, row, row + groups], device=device)
-    index = top_left.unsqueeze(-1) + corners
+    first = first.view(batch, 1, 1, 1, 1) + torch.arange(groups, device=device)
+    index = (top.long() * row).add_(left.long() * groups).add_(first)
     frac_y, frac_x = y - top, x - left
     above, below = 1 - frac_y, frac_y
     if mask is not None:
@@ -251,10 +309,10 @@ def bilinear_neighbours(
     before, after = 1 - frac_x, frac_x
     # (Four products stacked: much faster than a broadcast outer product over size-2 axes.)
     weights = torch.stack((above * before, above * after, below * before, below * after), dim=-1)
-    return index.view(-1, 4), weights.view(-1, 4)
+    return index.view(index.numel()), weights.view(index.numel(), 4)
 
 
-def _bilinear_backward(
+def bilinear_backward(
     dots: Tensor, y: Tensor, x: Tensor, mask: Optional[Tensor]
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Gradients of ``y``, ``x`` and ``mask`` from ``dots[·, n] = ∂loss/∂weights[·, n]``.
@@ -275,183 +333,7 @@ def _bilinear_backward(
     return grad_y, grad_x, grad_mask
 
 
-Geometry = tuple[
-    tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]
-]
-
-
-def _samples(
-    offset: Tensor, mask: Optional[Tensor], geometry: Geometry
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """``(y, x)`` unclamped and clamped, and the mask, all ``[B, out_h, out_w, K, G]``."""
-    kernel_size, (height, width), stride, padding, dilation = geometry
-    y_raw, x_raw = sample_positions(offset, kernel_size, stride, padding, dilation)
-    if mask is not None:
-        batch, _, out_h, out_w = mask.shape
-        mask = mask.to(y_raw.dtype).view(batch, -1, kernel_size[0] * kernel_size[1], out_h, out_w)
-        mask = mask.permute(0, 3, 4, 2, 1)
-    return y_raw, x_raw, y_raw.clamp(-1, height), x_raw.clamp(-1, width), mask
-
-
-def _deform_matmul(
-    table: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    geometry: Geometry,
-) -> Tensor:
-    """``cols @ weight (+ bias)`` by autograd; ``cols [B·out_h·out_w, K·C]`` the sampled im2col matrix.
-
-    The reference composition of :class:`_DeformMatmulCPU`, used off the CPU and for ONNX
-    export, where the gathers are ``Gather``, ``Mul`` and ``ReduceSum``.
-    """
-    _, _, y, x, mask = _samples(offset, mask, geometry)
-    index, weights = bilinear_neighbours(y, x, mask, geometry[1])
-    if torch.onnx.is_in_onnx_export():
-        rows = table.index_select(0, index.reshape(-1)).view(*index.shape, -1)
-        cols = (rows * weights.to(table.dtype).unsqueeze(-1)).sum(1)
-    else:
-        # CUDA's embedding_bag has no bfloat16 backward for per-sample weights: off the CPU
-        # the gather runs in float32 at least and only the matmul in the low precision.
-        gather = (
-            table.dtype
-            if table.device.type == "cpu"
-            else torch.promote_types(table.dtype, torch.float32)
-        )
-        cols = F.embedding_bag(
-            index, table.to(gather), per_sample_weights=weights.to(gather), mode="sum"
-        )
-        cols = cols.to(table.dtype)
-    cols = cols.view(y.shape[:3].numel(), -1)
-    return cols @ weight if bias is None else torch.addmm(bias, cols, weight)
-
-
-# CPU: im2col matrices larger than this go through the fused, chunked path; smaller ones
-# (where per-op overheads dominate) through autograd, which is then as fast.
-FUSED_MIN_BYTES = 16 * 2**20
-# Bytes of im2col rows the fused CPU path samples and multiplies at a time, per thread
-# (about the L2 cache of a core).
-CHUNK_BYTES = 2 * 2**20
-
-
-def _chunks(rows: int, row_bytes: int) -> list[tuple[int, int]]:
-    step = max(1, CHUNK_BYTES * torch.get_num_threads() // row_bytes)
-    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
-
-
-class _DeformMatmulCPU(torch.autograd.Function):
-    """:func:`_deform_matmul`, fused and chunked, with a backward written for CPUs.
-
-    Row ``m`` of ``cols`` (one output position: ``K·G`` samples of ``C // G`` channels) is an
-    :func:`~torch.nn.functional.embedding_bag` of ``table`` with the neighbours and weights
-    of :func:`bilinear_neighbours`. The full ``cols`` (``K`` times the input) is never
-    stored: each chunk of rows is sampled, multiplied and dropped while it is in cache, and
-    sampled again in the backward. There the sampling is read as a sparse matrix ``S`` with
-    4 non-zeros a row (``cols = S · table``): the table gradient is ``Sᵀ · grad_cols``, one
-    unsorted pass (``embedding_bag``'s own backward sorts every index), and the gradient of
-    the neighbour weights is ``grad_cols · tableᵀ`` sampled at the non-zeros of ``S``
-    (:func:`torch.sparse.sampled_addmm`); :func:`_bilinear_backward` turns it into the
-    gradients of the offsets and the mask.
-    """
-
-    @staticmethod
-    def forward(ctx, table, offset, mask, weight, bias, geometry):
-        _, _, y, x, rows_mask = _samples(offset, mask, geometry)
-        index, weights = bilinear_neighbours(y, x, rows_mask, geometry[1])
-        weights = weights.to(table.dtype)
-        rows, per_row = y.shape[:3].numel(), y.shape[3:].numel()
-        out = table.new_empty(rows, weight.shape[1])
-        for start, stop in _chunks(rows, weight.shape[0] * table.element_size()):
-            samples = slice(start * per_row, stop * per_row)
-            cols = F.embedding_bag(
-                index[samples], table, per_sample_weights=weights[samples], mode="sum"
-            )
-            if bias is None:
-                torch.mm(cols.view(stop - start, -1), weight, out=out[start:stop])
-            else:
-                torch.addmm(bias, cols.view(stop - start, -1), weight, out=out[start:stop])
-        ctx.save_for_backward(table, offset, mask, weight, index, weights)
-        ctx.geometry = geometry
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        table, offset, mask, weight, index, weights = ctx.saved_tensors
-        need_table, need_offset, need_mask, need_weight, need_bias, _ = ctx.needs_input_grad
-        need_dots = need_offset or need_mask
-        grad_out = grad_out.contiguous()
-        rows, per_row = grad_out.shape[0], index.shape[0] // grad_out.shape[0]
-        chunks = _chunks(rows, weight.shape[0] * table.element_size())
-        # The sparse kernels run in float32/float64 only.
-        dtype = torch.promote_types(table.dtype, torch.float32)
-        table_rows, channels = table.shape
-        sparse_table, flat_index, flat_weights = (
-            table.to(dtype),
-            index.view(-1),
-            weights.view(-1).to(dtype),
-        )
-        grad_table = table.new_zeros(table.shape, dtype=dtype) if need_table else None
-        # The weight gradient is accumulated transposed, [out, in]: a faster product in chunks.
-        grad_weight_t = weight.new_zeros(weight.shape[::-1]) if need_weight else None
-        dots = weights.new_zeros(weights.shape, dtype=dtype) if need_dots else None
-        if need_table or need_dots:
-            most = (chunks[0][1] - chunks[0][0]) * per_row  # samples in the largest chunk
-            sample_of = torch.arange(most, device=index.device).repeat_interleave(4)
-            row_start = torch.arange(0, 4 * most + 1, 4, device=index.device)
-        for start, stop in chunks:
-            n = (stop - start) * per_row
-            samples, entries = (
-                slice(start * per_row, stop * per_row),
-                slice(4 * start * per_row, 4 * stop * per_row),
-            )
-            grad = grad_out[start:stop]
-            if need_weight:
-                cols = F.embedding_bag(
-                    index[samples], table, per_sample_weights=weights[samples], mode="sum"
-                )
-                grad_weight_t.addmm_(grad.t(), cols.view(stop - start, -1))
-            if not (need_table or need_dots):
-                continue
-            grad_cols = (grad @ weight.t()).view(n, channels).to(dtype)
-            if need_table:  # += Sᵀ · grad_cols
-                s_t = torch.sparse_coo_tensor(
-                    torch.stack((flat_index[entries], sample_of[: 4 * n])),
-                    flat_weights[entries],
-                    (table_rows, n),
-                    check_invariants=False,
-                )
-                grad_table.addmm_(s_t, grad_cols)
-            if need_dots:  # (grad_cols · tableᵀ) at the non-zeros of S, written into `dots`
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                    s = torch.sparse_csr_tensor(
-                        row_start[: n + 1],
-                        flat_index[entries],
-                        dots.view(-1)[entries],
-                        (n, table_rows),
-                        check_invariants=False,
-                    )
-                torch.sparse.sampled_addmm(s, grad_cols, sparse_table.t(), beta=0.0, out=s)
-        grad_offset = grad_mask = None
-        if need_dots:
-            y_raw, x_raw, y, x, rows_mask = _samples(offset, mask, ctx.geometry)
-            grad_y, grad_x, grad_rows_mask = _bilinear_backward(dots, y, x, rows_mask)
-            if need_offset:  # zero where the clamp was active; back to [B, G, K, 2, out_h, out_w]
-                grad_yx = torch.stack((grad_y * (y == y_raw), grad_x * (x == x_raw)), dim=-1)
-                grad_offset = (
-                    grad_yx.permute(0, 4, 3, 5, 1, 2).reshape(offset.shape).to(offset.dtype)
-                )
-            if need_mask:
-                grad_mask = grad_rows_mask.permute(0, 4, 3, 1, 2).reshape(mask.shape).to(mask.dtype)
-        grad_table = grad_table.to(table.dtype) if need_table else None
-        grad_weight = grad_weight_t.t() if need_weight else None
-        grad_bias = grad_out.sum(0) if need_bias else None
-        return grad_table, grad_offset, grad_mask, grad_weight, grad_bias, None
-
-
-def _im2col_weight(weight: Tensor, groups: int) -> Tensor:
+def im2col_weight(weight: Tensor, groups: int) -> Tensor:
     """``weight [O, C/groups, kh, kw]`` as the ``[kh·kw·C, O]`` matrix of the im2col matmul.
 
     Rows are ordered (tap, input channel). With ``groups > 1`` the matrix is block-diagonal
@@ -460,7 +342,7 @@ def _im2col_weight(weight: Tensor, groups: int) -> Tensor:
     out_channels, channels_per_group, kh, kw = weight.shape
     matrix = weight.permute(2, 3, 1, 0).reshape(kh * kw, channels_per_group, out_channels)
     if groups == 1:
-        return matrix.reshape(-1, out_channels)
+        return matrix.reshape(kh * kw * channels_per_group, out_channels)
     blocks = matrix.view(kh * kw, channels_per_group, groups, out_channels // groups)
     eye = torch.eye(groups, device=weight.device, dtype=weight.dtype)
     full = torch.einsum(
@@ -469,33 +351,36 @@ def _im2col_weight(weight: Tensor, groups: int) -> Tensor:
     return full.reshape(kh * kw * groups * channels_per_group, out_channels)
 
 
-def _deform_conv2d_torch(
+def sampled_conv2d(
     input: Tensor,
-    offset: Tensor,
+    y: Tensor,
+    x: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor],
-    stride: Union[int, tuple[int, int]],
-    padding: Union[int, tuple[int, int]],
-    dilation: Union[int, tuple[int, int]],
-    mask: Optional[Tensor],
+    bias: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
-    """Bilinear gathers + one matmul implementation of :func:`deform_conv2d`.
+    """The ``torch`` backend from sample positions: ``out[p] = Σ_k W_k · m_k(p) · input(y, x)``.
 
-    The input is read channels-last, one row of ``C // G`` channels per (pixel, offset
-    group) (:func:`padded_table`). Every sample is a weighted sum of four rows, the weights
-    shared by all channels and carrying the mask (:func:`bilinear_neighbours`); the samples
-    of one output position form a row of the im2col matrix ``cols [B·out_h·out_w, kh·kw·C]``,
-    and the convolution is ``cols`` times the weight as a ``[kh·kw·C, out_channels]`` matrix
-    (:func:`_im2col_weight`). On CPU the two steps run fused, chunk by chunk
-    (:class:`_DeformMatmulCPU`); elsewhere by autograd (:func:`_deform_matmul`).
+    Args:
+        input (Tensor[B, C, H, W]): the input (NCHW or channels-last).
+        y, x (Tensor[B, G, kh·kw, out_h, out_w]): the input coordinates of every sample
+            (pixel centres at integers), ``G`` offset groups, taps in row-major order.
+        weight (Tensor[O, C // groups, kh, kw]): the convolution weight.
+        bias (Tensor[O], optional).
+        mask (Tensor[B, G, kh·kw, out_h, out_w], optional): modulation of every sample.
+
+    Returns:
+        Tensor[B, O, out_h, out_w], channels-last when the input is.
+
+    On CPU, inputs with few channels per offset group (at most
+    :data:`GRID_SAMPLE_MAX_CHANNELS`: the first layer of a network, SeedNet's 1-channel DCK)
+    are sampled by :func:`torch.nn.functional.grid_sample`, whose kernel computes every
+    sample's neighbours once for all its channels; wider inputs by :func:`sampled_matmul`,
+    whose cost per sample is higher but whose cost per channel is a fraction of grid_sample's.
     """
-    offset_groups = _check_shapes(input, offset, weight, mask)
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     batch, in_channels, height, width = input.shape
-    out_channels, channels_per_group, kh, kw = weight.shape
-    out_h, out_w = offset.shape[-2:]
-    geometry = ((kh, kw), (height, width), stride, padding, dilation)
-
+    out_channels = weight.shape[0]
+    offset_groups, _, out_h, out_w = y.shape[1:]
     dtype = torch.promote_types(input.dtype, weight.dtype)
     if torch.is_autocast_enabled(input.device.type):
         dtype = torch.get_autocast_dtype(input.device.type)
@@ -503,17 +388,347 @@ def _deform_conv2d_torch(
         input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
     )
     with torch.autocast(input.device.type, enabled=False):
-        table = padded_table(input.to(dtype), offset_groups)
-        matrix = _im2col_weight(weight.to(dtype), in_channels // channels_per_group)
+        input, weight = input.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
-        cols_bytes = batch * out_h * out_w * matrix.shape[0] * table.element_size()
-        if (
-            input.device.type == "cpu"
-            and cols_bytes > FUSED_MIN_BYTES
-            and not torch.onnx.is_in_onnx_export()
-        ):
-            out = _DeformMatmulCPU.apply(table, offset, mask, matrix, bias, geometry)
+        if not _fused_cpu_path(input) or batch == 0:
+            out = _reference_conv(input, y, x, weight, bias, mask)
+        elif in_channels // offset_groups <= GRID_SAMPLE_MAX_CHANNELS:
+            out = _grid_sample_conv(input, y, x, weight, bias, mask)
         else:
-            out = _deform_matmul(table, offset, mask, matrix, bias, geometry)
+            out = _table_conv(input, y, x, weight, bias, mask)
     out = out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
     return out if channels_last else out.contiguous()
+
+
+# CPU inputs with at most this many channels per offset group are sampled by grid_sample
+# (measured crossover with the table path: between 16 and 32 channels, batch 32, 32×32, k=3).
+GRID_SAMPLE_MAX_CHANNELS = 16
+
+
+def _fused_cpu_path(input: Tensor) -> bool:
+    """Whether the CPU kernels run (eager or compiled), rather than the reference
+    composition (other devices; export and tracing, which need plain ``Gather``/``MatMul``)."""
+    return input.device.type == "cpu" and not (
+        torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_exporting()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+    )
+
+
+def _rows_layout(
+    input: Tensor, y: Tensor, x: Tensor, mask: Optional[Tensor]
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Positions (clamped to ``[−1, size]``) and mask in the order of the im2col rows,
+    ``[B, out_h, out_w, K, G]``. A clamped coordinate gets no gradient (autograd's clamp):
+    the sample no longer moves with it, and every neighbour stays in the table."""
+    height, width = input.shape[-2:]
+    y = y.clamp(-1, height).permute(0, 3, 4, 2, 1).contiguous()
+    x = x.clamp(-1, width).permute(0, 3, 4, 2, 1).contiguous()
+    if mask is not None:
+        mask = mask.to(y.dtype).permute(0, 3, 4, 2, 1).contiguous()
+    return y, x, mask
+
+
+def _reference_conv(
+    input: Tensor,
+    y: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    mask: Optional[Tensor],
+) -> Tensor:
+    """``cols @ matrix (+ bias)`` by autograd; ``cols [B·out_h·out_w, K·C]`` the sampled im2col
+    matrix, every sample ``Σ_n weights[n] · table[index + corner_offsets[n]]``.
+
+    The reference composition of the CPU kernels: used off the CPU and for export, where the
+    sums are ``Gather``, ``Mul`` and ``ReduceSum``.
+    """
+    offset_groups, in_size = y.shape[1], tuple(input.shape[-2:])
+    table = padded_table(input, offset_groups)
+    matrix = im2col_weight(weight, input.shape[1] // weight.shape[1])
+    y, x, mask = _rows_layout(input, y, x, mask)
+    index, weights = bilinear_neighbours(y, x, mask, in_size)
+    corners = torch.tensor(corner_offsets(in_size[1], offset_groups), device=index.device)
+    index = index.unsqueeze(1) + corners
+    rows, channels = y.shape[:3].numel(), matrix.shape[0]
+    if torch.onnx.is_in_onnx_export() or table.device.type == "cpu":
+        samples = table.index_select(0, index.view(index.numel()))
+        samples = samples.view(*index.shape, table.shape[1])
+        cols = (samples * weights.to(table.dtype).unsqueeze(-1)).sum(1)
+    else:
+        # CUDA's embedding_bag has no bfloat16 backward for per-sample weights: off the CPU
+        # the gather runs in float32 at least and only the matmul in the low precision.
+        gather = torch.promote_types(table.dtype, torch.float32)
+        cols = F.embedding_bag(
+            index, table.to(gather), per_sample_weights=weights.to(gather), mode="sum"
+        )
+        cols = cols.to(table.dtype)
+    cols = cols.view(rows, channels)
+    return cols @ matrix if bias is None else torch.addmm(bias, cols, matrix)
+
+
+def _grid_sample_conv(
+    input: Tensor,
+    y: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    mask: Optional[Tensor],
+) -> Tensor:
+    """:func:`~torch.nn.functional.grid_sample` of every tap into ``cols [B, C·K, out_h·out_w]``
+    (bilinear, zeros outside), then ``weight [O, C·K] @ cols`` per image (and group).
+
+    Returns ``[B · out_h · out_w, O]``, rows in the order of :func:`sampled_conv2d`'s output.
+    """
+    batch, channels, height, width = input.shape
+    offset_groups, taps, out_h, out_w = y.shape[1:]
+    out_channels, channels_per_group = weight.shape[:2]
+    groups = channels // channels_per_group
+    # Pixel coordinates to grid_sample's [-1, 1] (align_corners=False: pixel centres at
+    # (2·p + 1) / size − 1), x first.
+    grid = torch.stack(
+        (x * (2 / width) + (1 / width - 1), y * (2 / height) + (1 / height - 1)), dim=-1
+    ).to(input.dtype)
+    cols = F.grid_sample(
+        input.reshape(batch * offset_groups, channels // offset_groups, height, width),
+        grid.view(batch * offset_groups, taps * out_h, out_w, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
+    if mask is not None:  # [B, G, C/G, K, ...] × [B, G, 1, K, ...]
+        cols = cols.view(batch, offset_groups, channels // offset_groups, taps, out_h * out_w)
+        cols = cols * mask.to(cols.dtype).view(batch, offset_groups, 1, taps, out_h * out_w)
+    # Rows of cols in (channel, tap) order, the order of weight.view(O, C/groups · K).
+    cols = cols.reshape(batch, groups, channels_per_group * taps, out_h * out_w)
+    matrix = weight.reshape(groups, out_channels // groups, channels_per_group * taps)
+    out = torch.matmul(matrix, cols).view(batch, out_channels, out_h * out_w)
+    if bias is not None:
+        out = out + bias.view(out_channels, 1)
+    return out.transpose(1, 2).reshape(batch * out_h * out_w, out_channels)
+
+
+def _table_conv(
+    input: Tensor,
+    y: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    mask: Optional[Tensor],
+) -> Tensor:
+    """:func:`sampled_matmul` on the channels-last table of the input."""
+    height, width = input.shape[-2:]
+    table = padded_table(input, y.shape[1])
+    matrix = im2col_weight(weight, input.shape[1] // weight.shape[1])
+    y, x, mask = _rows_layout(input, y, x, mask)
+    return sampled_matmul(table, y, x, mask, matrix, bias, height, width)[0]
+
+
+# Bytes of im2col rows the CPU op samples and multiplies at a time, per thread (about the
+# L2 cache of a core).
+CHUNK_BYTES = 2 * 2**20
+
+
+def _chunks(rows: int, row_bytes: int) -> list[tuple[int, int]]:
+    step = max(1, CHUNK_BYTES * torch.get_num_threads() // row_bytes)
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _gather(table: Tensor, index: Tensor, weights: Tensor, corners: Tensor) -> Tensor:
+    """``cols[s] = Σ_n weights[s, n] · table[index[s] + corners[n]]`` (one im2col chunk)."""
+    return F.embedding_bag(
+        index.unsqueeze(1) + corners, table, per_sample_weights=weights, mode="sum"
+    )
+
+
+def _scatter_add(
+    grad_table: Tensor,
+    index: Tensor,
+    weights: Tensor,
+    corners: Sequence[int],
+    grad_cols: Tensor,
+) -> None:
+    """``grad_table[index[s] + corners[n]] += weights[s, n] · grad_cols[s]`` for every ``s, n``.
+
+    The transpose of the sampling as sparse matrices sorted by destination row: one sort of
+    the first neighbours serves the four corners (each corner's rows are the first's shifted
+    by ``corners[n]``), each a compressed-row product into a shifted view of ``grad_table``.
+    """
+    first, order = torch.sort(index, stable=True)
+    # Only the rows this chunk reaches (a band of the table: its outputs are neighbours).
+    low, high = first[[0, -1]].tolist()
+    rows = high + 1 - low
+    counts = torch.bincount(first - low, minlength=rows)
+    crow = first.new_zeros(rows + 1)
+    torch.cumsum(counts, 0, out=crow[1:])
+    weights = weights[order].to(grad_table.dtype)
+    for n, shift in enumerate(corners):
+        transposed = _csr(crow, order, weights[:, n], (rows, index.shape[0]))
+        view = grad_table[low + shift : low + shift + rows]
+        torch.addmm(view, transposed, grad_cols, out=view)
+
+
+@torch.library.custom_op("dck_lightning::sampled_matmul", mutates_args=())
+def sampled_matmul(
+    table: Tensor,
+    y: Tensor,
+    x: Tensor,
+    mask: Optional[Tensor],
+    matrix: Tensor,
+    bias: Optional[Tensor],
+    height: int,
+    width: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The sampled im2col matrix times ``matrix``, fused and chunked, for CPUs.
+
+    Row ``m`` of ``cols`` (one output position: ``K·G`` samples of ``C // G`` channels) is
+    sampled by :func:`_gather` with the neighbours and weights of :func:`bilinear_neighbours`.
+    The full ``cols`` (``K`` times the input) is never stored: each chunk of rows is sampled,
+    multiplied and dropped while it is in cache, and sampled again in the backward
+    (:func:`sampled_matmul_backward`). A ``torch.library`` op, so that :func:`torch.compile`
+    keeps it whole.
+
+    Args:
+        table (Tensor[R, C // G]): :func:`padded_table` of the input.
+        y, x (Tensor[B, out_h, out_w, K, G]): positions clamped to ``[−1, size]``.
+        mask (Tensor[B, out_h, out_w, K, G], optional): modulation.
+        matrix (Tensor[K·C, O]): :func:`im2col_weight`.
+
+    Returns:
+        ``(out [B·out_h·out_w, O], index, weights)``: the output, and the neighbours and
+        weights the backward reuses.
+    """
+    index, weights = bilinear_neighbours(y, x, mask, (height, width))
+    weights = weights.to(table.dtype)
+    corners = torch.tensor(corner_offsets(width, y.shape[-1]), device=table.device)
+    rows, per_row = y.shape[:3].numel(), y.shape[3:].numel()
+    out = table.new_empty(rows, matrix.shape[1])
+    for start, stop in _chunks(rows, matrix.shape[0] * table.element_size()):
+        samples = slice(start * per_row, stop * per_row)
+        cols = _gather(table, index[samples], weights[samples], corners)
+        cols = cols.view(stop - start, matrix.shape[0])
+        if bias is None:
+            torch.mm(cols, matrix, out=out[start:stop])
+        else:
+            torch.addmm(bias, cols, matrix, out=out[start:stop])
+    return out, index, weights
+
+
+@sampled_matmul.register_fake
+def _(table, y, x, mask, matrix, bias, height, width):
+    samples = y.numel()
+    return (
+        table.new_empty(y.shape[:3].numel(), matrix.shape[1]),
+        y.new_empty(samples, dtype=torch.long),
+        table.new_empty(samples, 4),
+    )
+
+
+@torch.library.custom_op("dck_lightning::sampled_matmul_backward", mutates_args=())
+def sampled_matmul_backward(
+    grad_out: Tensor,
+    table: Tensor,
+    y: Tensor,
+    x: Tensor,
+    mask: Optional[Tensor],
+    matrix: Tensor,
+    index: Tensor,
+    weights: Tensor,
+    width: int,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`sampled_matmul`: ``(table, y, x, mask, matrix)``, each empty
+    where ``needs`` (the same order) says it is not wanted.
+
+    The sampling read as a sparse matrix ``S`` with 4 non-zeros a row (``cols = S · table``):
+    the table gradient is ``Sᵀ · grad_cols`` (:func:`_scatter_add`), and the gradient of the
+    neighbour weights ``grad_cols · tableᵀ`` sampled at the non-zeros of ``S``
+    (:func:`torch.sparse.sampled_addmm`); :func:`bilinear_backward` turns it into the
+    gradients of the coordinates and the mask.
+    """
+    need_table, need_y, need_x, need_mask, need_matrix = needs
+    need_dots = need_y or need_x or need_mask
+    grad_out = grad_out.contiguous()
+    corners = corner_offsets(width, y.shape[-1])
+    corner_index = torch.tensor(corners, device=table.device)
+    rows, per_row = grad_out.shape[0], y.shape[3:].numel()
+    chunks = _chunks(rows, matrix.shape[0] * table.element_size())
+    # The sparse kernels run in float32/float64 only.
+    dtype = torch.promote_types(table.dtype, torch.float32)
+    table_rows, channels = table.shape
+    sparse_table = table.to(dtype)
+    # Room after the last row for the shifted views of _scatter_add.
+    grad_table = table.new_zeros(table_rows + corners[-1], channels, dtype=dtype)
+    # The weight gradient is accumulated transposed, [out, in]: a faster product in chunks.
+    grad_matrix_t = matrix.new_zeros(matrix.shape[::-1])
+    dots = weights.new_zeros(weights.shape, dtype=dtype)
+    if need_dots:
+        most = (chunks[0][1] - chunks[0][0]) * per_row  # samples in the largest chunk
+        row_start = torch.arange(0, 4 * most + 1, 4, device=table.device)
+    for start, stop in chunks:
+        n = (stop - start) * per_row
+        samples = slice(start * per_row, stop * per_row)
+        grad = grad_out[start:stop]
+        if need_matrix:
+            cols = _gather(table, index[samples], weights[samples], corner_index)
+            grad_matrix_t.addmm_(grad.t(), cols.view(stop - start, matrix.shape[0]))
+        if not (need_table or need_dots):
+            continue
+        grad_cols = (grad @ matrix.t()).view(n, channels).to(dtype)
+        if need_table:
+            _scatter_add(grad_table, index[samples], weights[samples], corners, grad_cols)
+        if need_dots:  # (grad_cols · tableᵀ) at the non-zeros of S, written into `dots`
+            neighbours = (index[samples].unsqueeze(1) + corner_index).view(4 * n)
+            s = _csr(row_start[: n + 1], neighbours, dots[samples].view(4 * n), (n, table_rows))
+            torch.sparse.sampled_addmm(s, grad_cols, sparse_table.t(), beta=0.0, out=s)
+    grad_y = grad_x = grad_mask = None
+    if need_dots:
+        grad_y, grad_x, grad_mask = bilinear_backward(dots, y, x, mask)
+    grads = (
+        grad_table[:table_rows].to(table.dtype) if need_table else None,
+        grad_y.to(y.dtype) if need_y else None,
+        grad_x.to(x.dtype) if need_x else None,
+        grad_mask if need_mask else None,
+        grad_matrix_t.t().contiguous() if need_matrix else None,
+    )
+    # (A custom op returns tensors, distinct ones: an empty one stands for "not wanted".)
+    return tuple(y.new_empty(0) if grad is None else grad for grad in grads)
+
+
+@sampled_matmul_backward.register_fake
+def _(grad_out, table, y, x, mask, matrix, index, weights, width, needs):
+    def like(tensor, needed):
+        return torch.empty_like(tensor) if needed and tensor is not None else y.new_empty(0)
+
+    return tuple(like(t, need) for t, need in zip((table, y, x, mask, matrix), needs))
+
+
+def _setup_context(ctx, inputs, output):
+    table, y, x, mask, matrix, bias, height, width = inputs
+    _, index, weights = output
+    ctx.mark_non_differentiable(index, weights)
+    ctx.save_for_backward(table, y, x, mask, matrix, index, weights)
+    ctx.width = width
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out, _grad_index, _grad_weights):
+    table, y, x, mask, matrix, index, weights = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:5])
+    needs[3] = needs[3] and mask is not None
+    grads = sampled_matmul_backward(
+        grad_out, table, y, x, mask, matrix, index, weights, ctx.width, needs
+    )
+    grads = [grad if need else None for grad, need in zip(grads, needs)]
+    grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[5] else None
+    return (*grads, grad_bias, None, None)
+
+
+sampled_matmul.register_autograd(_backward, setup_context=_setup_context)

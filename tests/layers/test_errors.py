@@ -86,3 +86,29 @@ def test_lazy_alias_checks_groups_on_first_call():
     layer = DynamicConv2D(filters=4, kernel_size=3, groups=2)
     with pytest.raises(ValueError, match=r"in_channels \(3\) must be divisible by groups \(2\)"):
         layer(torch.randn(1, 3, 6, 6))
+
+
+@pytest.mark.parametrize(
+    "offset_shape, mask_shape, message",
+    [
+        ((1, 18, 4, 5), None, r"offset output dims: \(4, 5\) - computed output dims: \(5, 5\)"),
+        (
+            (1, 18, 5, 5),
+            (1, 9, 5, 6),
+            r"mask output dims: \(5, 6\) - computed output dims: \(5, 5\)",
+        ),
+        ((2, 18, 5, 5), None, "invalid batch size of offset: 2, input has 1"),
+        ((1, 18, 5, 5), (3, 9, 5, 5), "invalid batch size of mask: 3, input has 1"),
+    ],
+)
+def test_torch_backend_checks_offset_and_mask_against_the_output_size(
+    offset_shape, mask_shape, message
+):
+    """As torchvision's kernel does: offsets and mask hold one entry per output position."""
+    x, weight = torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3)
+    offset = torch.zeros(offset_shape)
+    mask = None if mask_shape is None else torch.ones(mask_shape)
+    with pytest.raises(RuntimeError):  # torchvision's own check of the same inputs
+        deform_conv2d(x, offset, weight, padding=1, mask=mask, backend="torchvision")
+    with pytest.raises(ValueError, match=message):
+        deform_conv2d(x, offset, weight, padding=1, mask=mask, backend="torch")

@@ -22,17 +22,20 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["fused", "autograd"])
+@pytest.fixture(params=["table", "grid_sample", "reference"])
 def torch_path(request, monkeypatch):
-    """Run the ``torch`` backend through its fused CPU path (in several chunks, the last one
-    partial) or through the autograd composition used off the CPU and for export."""
-    if request.param == "fused":
-        monkeypatch.setattr(sampling, "FUSED_MIN_BYTES", 0)
+    """Run the ``torch`` backend through each of its paths: the fused CPU op on the input's
+    table (in several chunks, the last one partial), grid_sample (the CPU path of inputs with
+    few channels), or the autograd composition used off the CPU and for export."""
+    if request.param == "table":
+        monkeypatch.setattr(sampling, "GRID_SAMPLE_MAX_CHANNELS", 0)
         monkeypatch.setattr(
             sampling, "CHUNK_BYTES", 5 * 9 * 4 * 4
         )  # 5 im2col rows of 3x3 taps, 4 channels
+    elif request.param == "grid_sample":
+        monkeypatch.setattr(sampling, "GRID_SAMPLE_MAX_CHANNELS", 2**31)
     else:
-        monkeypatch.setattr(sampling, "FUSED_MIN_BYTES", float("inf"))
+        monkeypatch.setattr(sampling, "_fused_cpu_path", lambda input: False)
     return request.param
 
 
