@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 
@@ -90,47 +89,3 @@ def test_take_first_cuts_every_part_of_a_batch() -> None:
     assert images.shape[0] == 2 and [t["image_id"] for t in targets] == [0, 1]
     assert [x.shape[0] for x in take_first([torch.zeros(5, 3), torch.zeros(5)], 2)] == [2, 2]
     assert take_first({"image": torch.zeros(5, 1), "id": [1, 2, 3]}, 2)["id"] == [1, 2]
-
-
-@pytest.mark.slow  # ~10-20 s: starting the W&B service dominates
-def test_logs_to_an_offline_wandb_run(tmp_path: Path) -> None:
-    """With a WandbLogger the images go to W&B (here an offline run under the run folder), not to PNGs."""
-    import wandb
-    from pytorch_lightning.loggers import WandbLogger
-
-    from dck_lightning.data import SyntheticShapesDataModule
-    from dck_lightning.tasks.detection import DetectionTask
-
-    torch.manual_seed(0)
-    task = DetectionTask(
-        backbone={
-            "class_path": "resnet18",
-            "init_args": {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1]},
-        },
-        fpn_channels=16,
-        head_convs=1,
-        num_classes=6,
-    )
-    data = SyntheticShapesDataModule(
-        task="detection", image_size=32, num_train=2, num_val=2, num_test=2, batch_size=2
-    )
-    wandb.finish()  # a run left open by another test would be reused
-    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="test")
-    trainer = pl.Trainer(
-        default_root_dir=str(tmp_path),
-        max_epochs=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=logger,
-        callbacks=[PredictionImageLogger(max_images=2)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    try:
-        trainer.fit(task, data)
-    finally:
-        wandb.finish()
-    media = list(tmp_path.glob("wandb/offline-run-*/files/media/images/val/predictions_*.png"))
-    assert len(media) == 2
-    assert not list(tmp_path.rglob("images/epoch_*.png"))

@@ -47,6 +47,15 @@ def predict(args: list[str]):
     return cli, writer.folder
 
 
+def original_sizes(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{file name: (height, width)}`` of the JPEGs in ``folder``."""
+    sizes = {}
+    for path in sorted(folder.glob("*.jpg")):
+        with Image.open(path) as image:
+            sizes[path.name] = (image.height, image.width)
+    return sizes
+
+
 def voc_sample_photos(year: str) -> Path:
     root = Path(os.environ.get("DCK_SHARED_DATA", REPO.parent / "shared" / "data"))
     folder = root / "voc-sample" / "VOCdevkit" / f"VOC{year}" / "JPEGImages"
@@ -151,12 +160,8 @@ def test_detection_writes_one_coco_json_in_original_coordinates(tmp_path):
 
 def test_detection_on_the_voc_sample_images(tmp_path):
     folder = voc_sample_photos("2007")
-    files = {}
-    for path in sorted(folder.glob("*.jpg")):
-        with Image.open(path) as image:
-            files[path.name] = (image.height, image.width)
     _, out = predict(detection_args(tmp_path, "voc_detection_fcos.yaml", folder, 64))
-    check_coco(out / "detections.json", files, VOC_CLASSES)
+    check_coco(out / "detections.json", original_sizes(folder), VOC_CLASSES)
 
 
 # -- segmentation -----------------------------------------------------------------------------
@@ -195,9 +200,5 @@ def test_segmentation_writes_palette_masks_at_the_original_size(tmp_path):
 
 def test_segmentation_on_the_voc_sample_images(tmp_path):
     folder = voc_sample_photos("2012")
-    files = {}
-    for path in sorted(folder.glob("*.jpg")):
-        with Image.open(path) as image:
-            files[path.name] = (image.height, image.width)
     _, out = predict(segmentation_args(tmp_path, "voc_segmentation_fpn.yaml", folder))
-    check_masks(out, files, len(VOC_SEGMENTATION_CLASSES))
+    check_masks(out, original_sizes(folder), len(VOC_SEGMENTATION_CLASSES))

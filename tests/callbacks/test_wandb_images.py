@@ -170,7 +170,7 @@ def test_an_offline_run_holds_interactive_boxes_and_masks(tmp_path: Path, task_k
     wandb.finish()
     (files,) = tmp_path.glob("wandb/offline-run-*/files")
     images = sorted(files.glob("media/images/val/predictions_*.png"))
-    assert images and not list(tmp_path.rglob("images/epoch_*.png"))
+    assert len(images) == 2 and not list(tmp_path.rglob("images/epoch_*.png"))  # no PNG panels
     from PIL import Image
 
     assert Image.open(images[0]).size == (32, 32)  # the image, boxes/masks beside it as data
