@@ -110,7 +110,7 @@ class RunConfig:
     """Where the run folder goes and how W&B logs.
 
     Args:
-        root: folder that holds all runs.
+        root: folder that holds all runs (``--trainer.default_root_dir``, when given, wins).
         name: experiment name (default: the first config file's name, or ``default``).
         version: run folder name inside ``root/name`` (default: the next ``version_N``;
             ``slurm-<job id>`` in a SLURM job). Give it to resume into an existing run.
@@ -223,6 +223,8 @@ class DCKLightningCLI(LightningCLI):
 
         configs = [c for c in self._config_files() if c.parent.name not in ("trainer", "logger")]
         name = run.name or (configs[0].stem if configs else "default")
+        # Lightning's own place for a run's files, when given, holds the run folders.
+        root = trainer.get("default_root_dir") or run.root
         fit = self.subcommand == "fit"
         ckpt_path = self._get(self.config, "ckpt_path")
         ckpt_path = None if ckpt_path is None else str(ckpt_path)
@@ -233,10 +235,10 @@ class DCKLightningCLI(LightningCLI):
         # for fit the folder of the checkpoint resumed from, else a new version_N.
         source_run = None
         if alias is not None and not fixed_folder:
-            source_run = latest_run_with_checkpoint(Path(run.root) / name, alias)
+            source_run = latest_run_with_checkpoint(Path(root) / name, alias)
             if source_run is None:
                 raise CheckpointError(
-                    f"--ckpt_path {alias}: no run of {name!r} under {Path(run.root).resolve()} has a "
+                    f"--ckpt_path {alias}: no run of {name!r} under {Path(root).resolve()} has a "
                     f"{alias} checkpoint; give the checkpoint file instead"
                 )
         run_dir = None
@@ -245,7 +247,7 @@ class DCKLightningCLI(LightningCLI):
                 run_dir_of_checkpoint(ckpt_path) if ckpt_path and not alias else None
             )
         if run_dir is None:
-            run_dir = resolve_run_dir(run.root, name, run.version)
+            run_dir = resolve_run_dir(root, name, run.version)
         self.run_dir = run_dir.resolve()
         os.environ[RUN_DIR_ENV] = str(self.run_dir)  # DDP processes started by Lightning reuse it
 
@@ -402,10 +404,7 @@ class DCKLightningCLI(LightningCLI):
         if run.prepare_data_per_node is not None and self.datamodule is not None:
             self.datamodule.prepare_data_per_node = run.prepare_data_per_node
         trainer_config = self._get(self.config_init, "trainer", default={})
-        if trainer_config.get("default_root_dir") is None:
-            kwargs["default_root_dir"] = str(
-                self.run_dir
-            )  # hpc_ckpt_N.ckpt (SLURM requeue) go here
+        kwargs["default_root_dir"] = str(self.run_dir)  # hpc_ckpt_N.ckpt (SLURM requeue) go here
         callbacks = list(trainer_config.get("callbacks") or [])
         logger = trainer_config.get("logger")
         if logger is None or logger is True:
@@ -435,7 +434,9 @@ class DCKLightningCLI(LightningCLI):
                 )
             )
         if logger is not False:
-            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+            # At the scheduler's pace: per optimiser step for a per-step schedule.
+            interval = (getattr(self.model, "hparams", None) or {}).get("lr_scheduler_interval")
+            callbacks.append(LearningRateMonitor(logging_interval=interval or "epoch"))
         if trainer_config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):

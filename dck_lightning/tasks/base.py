@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -33,6 +33,7 @@ from ..layers.validation import check_choice
 from ..models import DCBNet, count_flops, count_parameters
 from ..models.registry import CLASSIFIERS, BackboneSpec, backbone_config
 from ..models.weights import BACKBONE_PREFIX, WeightsReport, load_backbone_weights
+from .schedules import LRSchedulerFactory, build_scheduler
 
 
 def recordable_backbone(spec: BackboneSpec) -> Any:
@@ -57,8 +58,11 @@ class BaseTask(pl.LightningModule):
             dict, see :func:`~dck_lightning.models.weights.load_backbone_weights`.
         optimizer (OptimizerCallable): builds the optimiser from parameter groups.
             Default: :class:`torch.optim.AdamW` with its defaults (lr 1e-3).
-        lr_scheduler (LRSchedulerCallable, optional): builds the scheduler from the optimiser.
-        dynamic_lr_factor (float): learning-rate factor of the dynamic parameters.
+        lr_scheduler (LRSchedulerFactory, optional): builds the scheduler from the optimiser;
+            its length (``T_max``, ``total_steps``, ``total_iters``) comes from the trainer,
+            see :mod:`~dck_lightning.tasks.schedules`.
+        dynamic_lr_factor (float): learning-rate factor of the dynamic parameters (kept under
+            ``OneCycleLR``/``CyclicLR``).
         lr_scheduler_interval (str): step the scheduler every ``"epoch"`` (default) or every
             optimiser ``"step"`` (warm-up, ``OneCycleLR``; its length is then in steps).
     """
@@ -73,7 +77,7 @@ class BaseTask(pl.LightningModule):
         backbone: Optional[BackboneSpec] = None,
         backbone_weights: Optional[str] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
@@ -137,14 +141,38 @@ class BaseTask(pl.LightningModule):
             groups.append({"params": dynamic, "weight_decay": 0.0, "name": "dynamic"})
         return groups
 
+    def scheduler_steps(self) -> int:
+        """How many times the scheduler will be stepped: ``trainer.max_epochs`` (per epoch) or
+        ``trainer.estimated_stepping_batches`` (per optimiser step) — the length of a schedule
+        whose config leaves it out (see :mod:`~dck_lightning.tasks.schedules`)."""
+        if self._trainer is None:
+            raise RuntimeError(
+                "the learning-rate schedule's length comes from the trainer: fit with a Trainer "
+                "or give the length (T_max, total_steps, total_iters) in lr_scheduler"
+            )
+        if self.hparams.lr_scheduler_interval == "step":
+            steps = self.trainer.estimated_stepping_batches
+        else:
+            steps = self.trainer.max_epochs if self.trainer.max_epochs is not None else -1
+        if steps < 0 or steps == float("inf"):
+            raise ValueError(
+                "the learning-rate schedule's length comes from trainer.max_epochs (or max_steps "
+                "for a per-step schedule), which is unbounded: set it, or give the length"
+            )
+        return int(steps)
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
+        base_lr = optimizer.defaults["lr"]
         for group in optimizer.param_groups:
             if group.get("name") == "dynamic":
-                group["lr"] = optimizer.defaults["lr"] * self.hparams.dynamic_lr_factor
+                group["lr"] = base_lr * self.hparams.dynamic_lr_factor
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        factors = [group["lr"] / base_lr for group in optimizer.param_groups]
+        scheduler = build_scheduler(
+            self.scheduler_factory, optimizer, self.scheduler_steps, factors
+        )
         config = {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = self.monitor

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, Optional, Union
 
 import torch
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from ..models import ImageClassifier
 from ..models.registry import BackboneFactory, ClassifierFactory, build_backbone, is_classifier
 from .base import BaseTask
+from .schedules import LRSchedulerFactory
 
 #: ``dcb_small``, with every argument at its default.
 DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.dcb_small"}
@@ -55,7 +56,7 @@ class ClassificationTask(BaseTask):
         label_smoothing: float = 0.0,
         class_names: Optional[list[str]] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes
@@ -39,6 +39,7 @@ from ..callbacks.image_logging import (
 from ..models.detection import create_detector
 from ..models.registry import BackboneFactory, build_backbone
 from .base import BaseTask
+from .schedules import LRSchedulerFactory
 
 #: The plain ResNet-18, every argument at its default.
 DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.resnet18"}
@@ -163,7 +164,7 @@ class DetectionTask(BaseTask):
         detections_per_img: int = 100,
         class_names: Optional[list[str]] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
@@ -41,6 +41,7 @@ from ..data.voc_common import voc_palette
 from ..models.registry import BackboneFactory, build_backbone
 from ..models.segmentation import HEADS, create_segmentation_model
 from .base import BaseTask
+from .schedules import LRSchedulerFactory
 
 #: The plain ResNet-18, every argument at its default.
 DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.resnet18"}
@@ -115,7 +116,7 @@ class SegmentationTask(BaseTask):
         ignore_index: int = IGNORE_INDEX,
         class_names: Optional[list[str]] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:

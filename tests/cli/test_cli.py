@@ -279,3 +279,38 @@ def test_config_and_load_runs_carry_backbone_defaults(tmp_path):
     runs = load_runs(tmp_path)
     assert runs["model.init_args.backbone.init_args.dck"].tolist() == ["adaptive"]
     assert runs["model.init_args.backbone.init_args.deform"].tolist() == [True]
+
+
+def test_default_root_dir_holds_the_run_folders(tmp_path):
+    """Lightning's ``--trainer.default_root_dir`` is where the run folder goes (over run.root)."""
+    cli = main(
+        [
+            "fit",
+            *tiny_args(tmp_path / "runs", "--run.wandb", "disabled"),
+            "--trainer.default_root_dir",
+            str(tmp_path / "elsewhere"),
+        ]
+    )
+    run_dir = tmp_path / "elsewhere" / "default" / "version_0"
+    assert Path(cli.run_dir) == run_dir and cli.trainer.default_root_dir == str(run_dir)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "runs").exists()
+
+
+def test_learning_rate_is_logged_at_the_schedulers_pace(tmp_path):
+    """A per-step schedule's learning rate is in metrics.csv at every step, a per-epoch one's
+    once per epoch."""
+    import csv
+
+    for interval, expected in (("step", 4), ("epoch", 2)):
+        cli = main(
+            [
+                "fit",
+                *tiny_args(tmp_path, "--run.wandb", "disabled", "--run.name", interval),
+                "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1",
+                "--model.init_args.lr_scheduler", "CosineAnnealingLR",
+                "--model.init_args.lr_scheduler_interval", interval,
+            ]
+        )  # fmt: skip
+        with open(Path(cli.run_dir) / "metrics.csv", newline="") as file:
+            rows = [row for row in csv.DictReader(file) if row.get("lr-AdamW/weights")]
+        assert len(rows) == expected, interval
