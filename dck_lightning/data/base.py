@@ -21,9 +21,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2.functional import resize
 
 from ..locking import file_lock
 from .batch_augment import normalize, to_float
@@ -88,17 +88,20 @@ def split_train_val(
 
 
 class ResizeTo:
-    """``uint8 [H, W, C]`` array -> ``uint8 Tensor[C, H, W]`` resized to ``size`` (bilinear,
-    antialiased; ``None`` keeps the size). A class, so loader workers can pickle it."""
+    """``uint8 [H, W, C]`` array -> ``uint8 Tensor[C, H, W]`` at ``size`` ``(H, W)``, resized
+    with PIL's bilinear filter as :func:`~dck_lightning.data.image_folder.decode_images`
+    decodes the in-memory splits (``None`` keeps the size). A class, so loader workers can
+    pickle it."""
 
     def __init__(self, size: Optional[Sequence[int]]) -> None:
-        self.size = None if size is None else [int(v) for v in size]
+        self.size = None if size is None else (int(size[0]), int(size[1]))
 
     def __call__(self, pixels: np.ndarray) -> Tensor:
-        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
-        if self.size is not None and list(image.shape[-2:]) != self.size:
-            image = resize(image, self.size, antialias=True)
-        return image.contiguous()
+        if self.size is not None and tuple(pixels.shape[:2]) != self.size:
+            image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+            image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image).reshape(*self.size, pixels.shape[2])
+        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
 
 
 class BaseDataModule(pl.LightningDataModule):
@@ -239,8 +242,8 @@ class BaseDataModule(pl.LightningDataModule):
 
     def predict_transform(self) -> Callable[[np.ndarray], Tensor]:
         """The test transform for a ``predict_dir`` image: ``uint8 [H, W, C]`` ->
-        ``uint8 Tensor[C, H, W]`` at ``image_size`` (bilinear, antialiased), as the test
-        images are decoded; normalised on the device like every batch."""
+        ``uint8 Tensor[C, H, W]`` at ``image_size`` (PIL bilinear, as the test images are
+        decoded); normalised on the device like every batch."""
         return ResizeTo(self.image_size)
 
     def _needs_test_set(self, stage: Optional[str]) -> bool:

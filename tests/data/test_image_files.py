@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from voc_fixtures import shared_voc_sample
 
-from dck_lightning.data import MNISTDataModule, SyntheticShapesDataModule
+from dck_lightning.data import ImageFolderDataModule, MNISTDataModule, SyntheticShapesDataModule
 from dck_lightning.data.image_files import NoImagesError
 from dck_lightning.data.voc import VOCDetectionDataModule, VOCSegmentationDataModule
 
@@ -50,6 +50,19 @@ def test_greyscale_models_read_greyscale(tmp_path):
     dm.setup("predict")  # no MNIST files needed to predict on a folder
     images, targets = next(iter(dm.predict_dataloader()))
     assert images.shape == (2, 1, 28, 28) and targets[1]["orig_size"].tolist() == [56, 40]
+
+
+def test_image_folder_predict_images_are_its_test_images(tmp_path, data_files):
+    """The same files through ``predict_dir`` and through the test split: identical tensors."""
+    data_files.write_image_folder(tmp_path / "train", ["a", "b"], per_class=2, size=(20, 30))
+    written = data_files.write_image_folder(tmp_path / "test", ["a", "b"], size=(50, 36))
+    dm = ImageFolderDataModule(
+        str(tmp_path), image_size=(24, 16), predict_dir=str(tmp_path / "test")
+    )
+    dm.setup("test")
+    predicted = torch.cat([images for images, _ in dm.predict_dataloader()])
+    assert len(predicted) == sum(len(v) for v in written.values())
+    assert torch.equal(predicted, dm.test_dataset.tensors[0])  # same files, same order
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
