@@ -211,3 +211,21 @@ def test_two_process_ddp_test_of_the_voc_sample_equals_one_process(shared_data, 
             two[key],
             one[key],
         )
+
+
+@pytest.mark.parametrize(
+    "config", sorted((REPO / "configs").glob("voc_*.yaml")), ids=lambda p: p.name
+)
+def test_voc_configs_never_validate_on_the_set_they_report(config: Path):
+    """The best checkpoint is picked on validation: never on the images ``dck test`` reports."""
+    import importlib
+
+    import yaml
+
+    data = yaml.safe_load(config.read_text())["data"]
+    module, name = data["class_path"].rsplit(".", 1)
+    dm = getattr(importlib.import_module(module), name)(**data["init_args"])
+    assert not set(dm.val_sets) & set(dm.test_sets), (dm.val_sets, dm.test_sets)
+    assert dm.val_sets or dm.val_split > 0  # a held-out share of the training images
+    text = config.read_text()
+    assert "reported" in text  # the config says which split is reported
