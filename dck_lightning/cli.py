@@ -513,7 +513,14 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
 
 def entry_point() -> None:
     """The ``dck`` console script. It returns nothing: the script does ``sys.exit(entry_point())``
-    and any other return value would turn a successful run into exit status 1."""
+    and any other return value would turn a successful run into exit status 1.
+
+    ``dck sweep ...`` is :mod:`dck_lightning.sweep` (it runs ``dck fit``/``dck test`` itself).
+    """
+    if sys.argv[1:2] == ["sweep"]:
+        from .sweep import main as sweep_main
+
+        raise SystemExit(sweep_main(sys.argv[2:]))
     main()
 
 

@@ -66,7 +66,7 @@ RUN_COLUMNS = (
 )
 
 #: Metrics whose best value means nothing (only ``final/`` is reported).
-_FINAL_ONLY_PREFIXES = ("lr-", "kernels/")
+_FINAL_ONLY_PREFIXES = ("lr-", "kernels/", "model/")
 _MIN_WORDS = ("loss", "error", "nll", "perplexity", "seconds", "time")
 
 _WANDB_RUN_DIR = re.compile(r"^(offline-)?run-\d{8}_\d{6}-")

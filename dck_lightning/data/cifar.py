@@ -3,7 +3,9 @@
 Reads the python pickle batches of ``cifar-10-batches-py`` (as
 ``torchvision.datasets.CIFAR10`` downloads them) or, when they are absent, the
 class-folder layout ``<root>/train/<class>/*.png`` and ``<root>/test/<class>/*.png``
-through :func:`~dck_lightning.data.image_folder.load_image_folder`.
+through :func:`~dck_lightning.data.image_folder.load_image_folder`. A tree with only
+``train/`` fits (validation is the seeded ``val_split`` of it); ``test_split`` holds out a
+seeded part of it as the test set.
 """
 
 import pickle
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10
 
-from .base import ClassificationArrays, InMemoryClassificationDataModule
+from .base import ClassificationArrays, InMemoryClassificationDataModule, held_out_split
 from .batch_augment import ClassificationBatchAugment
 from .errors import DataNotFoundError, prepare_command
 from .image_folder import load_image_folder
@@ -78,6 +80,9 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
         normalize: normalise with the CIFAR-10 channel mean/std.
         predict_dir: a folder of images for ``dck predict`` instead of the test set (see
             :class:`~dck_lightning.data.base.BaseDataModule`).
+        test_split: fraction of the training images held out as the test set (seeded with
+            ``seed``, before the validation part is taken from the rest), for a tree that has
+            no test split (``train/<class>/*.png`` only). 0 (default): the dataset's test split.
     """
 
     dataset_name = "CIFAR-10"
@@ -94,7 +99,10 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
         augment: bool = True,
         normalize: bool = True,
         predict_dir: Optional[str] = None,
+        test_split: float = 0.0,
     ) -> None:
+        if not 0.0 <= test_split < 1.0:
+            raise ValueError(f"test_split must be in [0, 1), got {test_split}")
         super().__init__(
             data_dir,
             download,
@@ -113,6 +121,7 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
         self.image_size = (32, 32)
         self._set_statistics(CIFAR10_MEAN, CIFAR10_STD)
         self.batch_augment = ClassificationBatchAugment(flip=True, crop_padding=4)
+        self.test_split = test_split
 
     @property
     def batches_dir(self) -> Path:
@@ -130,9 +139,19 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
         return None
 
     def load_split(self, split: str) -> Optional[ClassificationArrays]:
-        """Decode the ``"train"`` or ``"test"`` split (CIFAR-10 has no ``"val"`` split)."""
+        """Decode the ``"train"`` or ``"test"`` split (CIFAR-10 has no ``"val"`` split); with
+        ``test_split``, the test split is a seeded part of the training images, left out of
+        ``"train"``."""
         if split == "val":
             return None
+        if self.test_split > 0:
+            images, labels = self._read_split("train")
+            train, test = held_out_split(len(labels), self.test_split, self.seed)
+            keep = test if split == "test" else train
+            return images[keep], labels[keep]
+        return self._read_split(split)
+
+    def _read_split(self, split: str) -> ClassificationArrays:
         paths = self._batch_paths(split)
         if all(path.is_file() for path in paths):
             return read_cifar_batches(paths)
@@ -143,7 +162,7 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
                 folder, class_to_idx, in_channels=3, image_size=self.image_size
             )
         missing = [str(path.relative_to(self.data_dir)) for path in paths if not path.is_file()]
-        raise self.data_not_found(missing + [f"cifar10/{split}/<class>/*.png"])
+        raise self.data_not_found(missing + [f"cifar10/{split}/<class>/*.png"], split=split)
 
     def download_data(self) -> None:
         """Download and extract the pickle batches unless they (or the class folders) are present."""
@@ -157,6 +176,7 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
         self,
         missing: Optional[Sequence[str]] = None,
         download_error: Optional[BaseException] = None,
+        split: Optional[str] = None,
     ) -> DataNotFoundError:
         """Name ``data_dir``, the pickle batches (or class folders) and the fetch command."""
         data_dir = self.data_dir.resolve()
@@ -171,5 +191,11 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
             hint=(
                 "Alternatively the class-folder layout cifar10/train/<class>/*.png and "
                 f"cifar10/test/<class>/*.png, with <class> in {', '.join(CIFAR10_CLASSES)}."
+                + (
+                    " A tree without test/ can hold out a seeded part of train/ as the test "
+                    "set: --data.init_args.test_split 0.1."
+                    if split == "test" and self._folder("train") is not None
+                    else ""
+                )
             ),
         )

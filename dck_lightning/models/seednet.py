@@ -31,6 +31,9 @@ class SeedNet(nn.Module):
         image_size (int): input height = width. Default: 28.
         adaptive (bool): position-adaptive DCKs (the design document's). Default: ``True``.
         backend (str, optional): sampling backend of the DCKs.
+        plain (bool): ``nn.Conv2d`` of the same kernel and padding in place of each DCK: the
+            plain twin of an ablation (``adaptive`` and ``backend`` do not apply). Default:
+            ``False``.
     """
 
     def __init__(
@@ -40,22 +43,19 @@ class SeedNet(nn.Module):
         image_size: int = 28,
         adaptive: bool = True,
         backend=None,
+        plain: bool = False,
     ) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            DynamicConv2d(
-                in_channels,
-                32,
-                7,
-                padding="valid",
-                center_constraint=(2, 2),
-                adaptive=adaptive,
-                backend=backend,
-            ),
-            nn.MaxPool2d(2),
-            DynamicConv2d(32, 64, 3, padding="same", adaptive=adaptive, backend=backend),
-            nn.MaxPool2d(2),
-        )
+        if plain:
+            conv1 = nn.Conv2d(in_channels, 32, 7, padding="valid")
+            conv2 = nn.Conv2d(32, 64, 3, padding="same")
+        else:
+            dck = {"adaptive": adaptive, "backend": backend}
+            conv1 = DynamicConv2d(
+                in_channels, 32, 7, padding="valid", center_constraint=(2, 2), **dck
+            )
+            conv2 = DynamicConv2d(32, 64, 3, padding="same", **dck)
+        self.features = nn.Sequential(conv1, nn.MaxPool2d(2), conv2, nn.MaxPool2d(2))
         side = ((image_size - 6) // 2) // 2
         self.classifier = nn.Sequential(
             nn.Flatten(),

@@ -192,16 +192,26 @@ class BaseTask(pl.LightningModule):
         # After a checkpoint was restored (trainer.ckpt_path set): a resumed run keeps its weights.
         if self.hparams.get("backbone_weights") and self.trainer.ckpt_path is None:
             self.load_backbone_weights(self.hparams.backbone_weights)
+        self.log_model_size()
+
+    def log_model_size(self) -> None:
+        """Print the parameters and GFLOPs per image, and log them (``model/parameters``,
+        ``model/gflops``) to every logger, for run tables (``load_runs``, ``dck sweep``)."""
         example = self.example_input()
+        parameters = count_parameters(self.model)
+        sizes: dict[str, float] = {"model/parameters": float(parameters)}
         flops = ""
         if example is not None:
             try:
-                flops = f", {count_flops(self.model, example) / 1e9:.3f} GFLOPs per {tuple(example.shape[-2:])} image"
+                sizes["model/gflops"] = count_flops(self.model, example) / 1e9
+                flops = (
+                    f", {sizes['model/gflops']:.3f} GFLOPs per {tuple(example.shape[-2:])} image"
+                )
             except Exception as error:  # counting must never stop training
                 flops = f" (FLOPs not counted: {error})"
-        rank_zero_info(
-            f"{type(self).__name__}: {count_parameters(self.model) / 1e6:.3f} M parameters{flops}"
-        )
+        rank_zero_info(f"{type(self).__name__}: {parameters / 1e6:.3f} M parameters{flops}")
+        for logger in self.loggers:
+            logger.log_metrics(sizes, step=self.global_step)
 
 
 def _rename(state_dict: "OrderedDict[str, Any]", old: str, new: str) -> None:

@@ -14,7 +14,7 @@ from dck_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
-SNIPPETS = sorted(p for p in (REPO / "configs").glob("*/*.yaml"))
+SNIPPETS = sorted(p for d in ("trainer", "logger") for p in (REPO / "configs" / d).glob("*.yaml"))
 
 TINY_MODEL = '{"widths": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}'
 

@@ -225,3 +225,12 @@ def test_backbone_weights_errors_name_the_file(tmp_path):
     torch.save({"state_dict": {"model.head.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="other.ckpt has no 'backbone.\\*' tensors"):
         load_backbone_weights(net, tmp_path / "other.ckpt")
+
+
+def test_seednet_plain_twin_has_the_same_shapes_with_plain_convolutions():
+    plain, dck = SeedNet(plain=True), SeedNet(adaptive=False)
+    assert [type(m) for m in plain.features] == [nn.Conv2d, nn.MaxPool2d, nn.Conv2d, nn.MaxPool2d]
+    assert plain.features[0].padding == "valid" and plain.features[2].padding == "same"
+    x = torch.randn(2, 1, 28, 28)
+    assert plain.features(x).shape == dck.features(x).shape == (2, 64, 5, 5)
+    assert plain(x).shape == (2, 10)
