@@ -5,7 +5,11 @@ task logs every loss term and evaluates with ``torchmetrics``' COCO-style
 :class:`~torchmetrics.detection.MeanAveragePrecision` (``faster_coco_eval`` backend), updated
 in each step and computed once per epoch. Headline: ``val/map_50`` (AP at IoU 0.5, the VOC
 metric), monitored for checkpoints; also ``val/map`` (AP@[.5:.95]), ``val/map_75``,
-``val/mar_100``. Torchvision detectors give no loss in eval mode, so there is no ``val/loss``.
+``val/mar_100`` and, by object size, ``val/map_small``, ``val/map_medium``, ``val/map_large``
+(COCO's area buckets, or those buckets scaled to the input size with ``area_reference_size``,
+see :mod:`dck_lightning.metrics`; a bucket without objects is not logged). The same at test
+time under ``test/``. Torchvision detectors give no loss in eval mode, so there is no
+``val/loss``.
 
 VOC's ``difficult`` objects are passed to the metric as ``iscrowd=1``: COCO evaluation then
 neither counts them as ground truth to find nor counts detections on them as false positives,
@@ -27,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
-from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes
 
 from ..callbacks.image_logging import (
@@ -36,6 +39,7 @@ from ..callbacks.image_logging import (
     datamodule_statistics,
     display_images,
 )
+from ..metrics import SIZE_BUCKETS, coco_map, size_area_ranges, size_scale
 from ..models.detection import create_detector
 from ..models.registry import BackboneFactory, build_backbone
 from .base import BaseTask
@@ -71,22 +75,6 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 0, 128),
     (128, 128, 128),
 )
-
-
-#: COCO's thresholds exactly as pycocotools builds them (float64). torchmetrics' defaults come
-#: from a float32 ``torch.linspace`` (0.2 -> 0.20000000298...), which moves a recall or IoU that
-#: lands exactly on a threshold (common: recall k/n) to the other side and shifts AP slightly.
-COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()
-COCO_REC_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
-
-
-def coco_map(**kwargs: Any) -> MeanAveragePrecision:
-    """COCO mAP (``faster_coco_eval`` backend) that reproduces pycocotools' numbers exactly."""
-    kwargs.setdefault("iou_thresholds", COCO_IOU_THRESHOLDS)
-    kwargs.setdefault("rec_thresholds", COCO_REC_THRESHOLDS)
-    return MeanAveragePrecision(
-        backend="faster_coco_eval", iou_type="bbox", box_format="xyxy", **kwargs
-    )
 
 
 def metric_targets(targets: Sequence[dict[str, Any]]) -> list[dict[str, Tensor]]:
@@ -138,6 +126,11 @@ class DetectionTask(BaseTask):
         detections_per_img (int): detections kept per image. Default: 100.
         class_names (list[str], optional): class names for per-class AP and drawn labels;
             default the DataModule's ``class_names``.
+        area_reference_size (int, optional): the image side COCO's size buckets are meant for:
+            ``map_small`` / ``map_medium`` / ``map_large`` split boxes at ``(32·s)²`` and
+            ``(96·s)²`` px² with ``s = √(H·W) / area_reference_size`` of the input images (512:
+            on 128×128 inputs small is under 8² px², large over 24²). Default: COCO's
+            ``32²`` / ``96²`` as they are.
         optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval: see :class:`BaseTask`.
     """
 
@@ -163,6 +156,7 @@ class DetectionTask(BaseTask):
         nms_thresh: Optional[float] = None,
         detections_per_img: int = 100,
         class_names: Optional[list[str]] = None,
+        area_reference_size: Optional[int] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
@@ -212,13 +206,19 @@ class DetectionTask(BaseTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
+    def area_ranges(self, images: Tensor) -> dict[str, tuple[float, float]]:
+        """The size buckets (px²) for inputs of the size of ``images``, see ``area_reference_size``."""
+        return size_area_ranges(size_scale(images.shape[-2:], self.hparams.area_reference_size))
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
+        self.val_map.area_ranges = self.area_ranges(images)
         self.val_map.update(self.model(images), metric_targets(targets))
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
         detections, gts = self.model(images), metric_targets(targets)
+        self.test_map.area_ranges = self.area_ranges(images)
         self.test_map.update(detections, gts)
         self.test_map_50.update(detections, gts)
 
@@ -228,6 +228,9 @@ class DetectionTask(BaseTask):
             self.log(
                 f"{stage}/{key}", float(results[key]), prog_bar=key == "map_50", sync_dist=True
             )
+        for bucket in SIZE_BUCKETS:  # -1: no object of that size in the targets
+            if float(results[f"map_{bucket}"]) >= 0:
+                self.log(f"{stage}/map_{bucket}", float(results[f"map_{bucket}"]), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map.compute(), "val")

@@ -19,6 +19,11 @@ Metrics (torchmetrics, one object per stage, ``update`` per step, ``compute`` pe
 - ``pixel_acc``: ``MulticlassAccuracy(average="micro", ignore_index=255)``.
 - at test time, the IoU of every class, logged as ``test/iou/<class name>`` (NaN for a class
   absent from targets and predictions).
+- by object size, ``val/iou_small``, ``val/iou_medium``, ``val/iou_large`` (and ``test/…``):
+  the mean IoU of the ground-truth instances (the targets' ``instances`` ids when every target
+  has them, else the connected components of each class) whose area falls in COCO's size
+  bucket, or in that bucket scaled to the image size with ``area_reference_size``
+  (:class:`~dck_lightning.metrics.InstanceSizeIoU`); a bucket without instances is not logged.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from ..callbacks.image_logging import PredictionSample, datamodule_statistics, display_images
 from ..data.voc_common import voc_palette
+from ..metrics import InstanceSizeIoU
 from ..models.registry import BackboneFactory, build_backbone
 from ..models.segmentation import HEADS, create_segmentation_model
 from .base import BaseTask
@@ -96,6 +102,11 @@ class SegmentationTask(BaseTask):
         ignore_index (int): target value of pixels left out of loss and metrics. Default: 255.
         class_names (list[str], optional): names for per-class metrics and image legends
             (default: the DataModule's).
+        area_reference_size (int, optional): the image side COCO's size buckets are meant for:
+            ``iou_small`` / ``iou_medium`` / ``iou_large`` split instances at ``(32·s)²`` and
+            ``(96·s)²`` pixels with ``s = √(H·W) / area_reference_size`` of the evaluated masks
+            (512: on 128×128 masks small is under 8² px², large over 24²). Default: COCO's
+            ``32²`` / ``96²`` as they are.
         optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval: see :class:`BaseTask`.
     """
 
@@ -115,6 +126,7 @@ class SegmentationTask(BaseTask):
         in_channels: int = 3,
         ignore_index: int = IGNORE_INDEX,
         class_names: Optional[list[str]] = None,
+        area_reference_size: Optional[int] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
@@ -176,6 +188,9 @@ class SegmentationTask(BaseTask):
         # NaN (not 0) for a class absent from both targets and predictions.
         self.test_per_class = MulticlassJaccardIndex(
             n, average=None, ignore_index=ignore, zero_division=float("nan")
+        )
+        self.val_size_iou, self.test_size_iou = (
+            InstanceSizeIoU(self.hparams.area_reference_size, ignore_index=ignore) for _ in range(2)
         )
 
     # -- steps -------------------------------------------------------------------------------
@@ -243,7 +258,8 @@ class SegmentationTask(BaseTask):
         When every target carries ``orig_mask`` (VOC evaluation), each image is scored at its
         original resolution: its logits resized bilinearly to the original size, then the
         argmax, as in :meth:`predict_step` — the VOC protocol. Otherwise the batch's (resized)
-        ``masks`` are used.
+        ``masks`` are used, and :class:`~dck_lightning.metrics.InstanceSizeIoU` metrics get the
+        targets' ``instances`` when every target has them.
         """
         if targets and all("orig_mask" in target for target in targets):
             for logit, target in zip(logits, targets):
@@ -256,8 +272,14 @@ class SegmentationTask(BaseTask):
                     metric.update(logit.argmax(dim=0)[None], mask)
             return
         preds = logits.argmax(dim=1)
+        instances = None
+        if targets and all("instances" in target for target in targets):
+            instances = torch.stack([target["instances"] for target in targets])
         for metric in metrics:
-            metric.update(preds, masks)
+            if isinstance(metric, InstanceSizeIoU):
+                metric.update(preds, masks, instances)
+            else:
+                metric.update(preds, masks)
 
     def training_step(self, batch: SegmentationBatch, batch_idx: int) -> Tensor:
         loss, logits, masks = self._shared_step(batch, "train")
@@ -267,13 +289,23 @@ class SegmentationTask(BaseTask):
 
     def validation_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
         _, logits, masks = self._shared_step(batch, "val")
-        self.update_metrics([self.val_metrics], logits, masks, batch[1])
+        self.update_metrics([self.val_metrics, self.val_size_iou], logits, masks, batch[1])
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
     def test_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
         _, logits, masks = self._shared_step(batch, "test")
-        self.update_metrics([self.test_metrics, self.test_per_class], logits, masks, batch[1])
+        metrics = [self.test_metrics, self.test_per_class, self.test_size_iou]
+        self.update_metrics(metrics, logits, masks, batch[1])
         self.log_dict(self.test_metrics, on_epoch=True)
+
+    def _log_size_iou(self, metric: InstanceSizeIoU, stage: str) -> None:
+        for bucket, value in metric.compute().items():
+            if not torch.isnan(value):  # NaN: no instance of that size
+                self.log(f"{stage}/iou_{bucket}", value)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_size_iou(self.val_size_iou, "val")
 
     def class_names(self) -> list[str]:
         names = self.hparams.class_names or getattr(
@@ -287,6 +319,7 @@ class SegmentationTask(BaseTask):
         for name, value in zip(self.class_names(), self.per_class_iou):
             self.log(f"test/iou/{name}", value)
         self.test_per_class.reset()
+        self._log_size_iou(self.test_size_iou, "test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[Tensor]:
         """Class maps at each image's original size.

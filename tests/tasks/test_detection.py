@@ -238,6 +238,38 @@ def test_map_is_computed_once_per_epoch(monkeypatch: pytest.MonkeyPatch) -> None
     assert "val/loss" not in logged
 
 
+@pytest.mark.parametrize(
+    "reference, expected",
+    [
+        (None, {"small": 51 / 101, "medium": 1.0}),
+        (512, {"small": 1.0, "medium": 0.0, "large": 1.0}),
+    ],
+)
+def test_map_per_object_size_is_logged_in_val_and_test(
+    monkeypatch: pytest.MonkeyPatch, reference, expected
+) -> None:
+    """Boxes of 36, 256 and 1,600 px² in 128-px images, the middle one missed: COCO's buckets
+    put the first two in "small" (one of two found: 51 of 101 recall points) and the third in
+    "medium"; scaled with area_reference_size=512 (small < 8², large >= 24²) one per bucket."""
+    task = tiny_task("fcos", area_reference_size=reference)
+    task.eval()
+    logged = {}
+    monkeypatch.setattr(task, "log", lambda name, value, **kw: logged.__setitem__(name, value))
+    gts = [target([[0, 0, 6, 6], [20, 20, 36, 36], [50, 50, 90, 90]], [0, 0, 0])]
+    found = {"boxes": torch.tensor([[0.0, 0, 6, 6], [50, 50, 90, 90]])}
+    found.update(scores=torch.tensor([0.9, 0.8]), labels=torch.tensor([0, 0]))
+    monkeypatch.setattr(task.model, "forward", lambda images, targets=None: [found])
+    images = torch.zeros(1, 3, 128, 128)
+    task.validation_step((images, gts), 0)
+    task.test_step((images, gts), 0)
+    task.on_validation_epoch_end()
+    task.on_test_epoch_end()
+    for stage in ("val", "test"):
+        buckets = ("small", "medium", "large")
+        sizes = {b: logged[f"{stage}/map_{b}"] for b in buckets if f"{stage}/map_{b}" in logged}
+        assert sizes == pytest.approx(expected)  # a bucket without objects is not logged
+
+
 def test_test_epoch_logs_per_class_ap(monkeypatch: pytest.MonkeyPatch) -> None:
     task = tiny_task("fcos", class_names=["a", "b", "c", "d", "e", "f"])
     logged = {}
@@ -546,6 +578,8 @@ def test_cli_fit_test_predict_round_trip(tmp_path: Path, monkeypatch: pytest.Mon
     )  # the PredictionImageLogger of the config
     test = run_cli(["test", *common, "--ckpt_path", str(last)])
     assert {"test/map", "test/map_50"} <= set(test.trainer.callback_metrics)
+    sizes = {f"test/map_{b}" for b in ("small", "medium", "large")}
+    assert sizes & set(test.trainer.callback_metrics)  # the buckets the test images have
     predict = run_cli(["predict", *common, "--ckpt_path", str(last)])
     predictions = predict.trainer.predict_loop.predictions
     assert predictions and set(predictions[0][0]) == {"image_id", "boxes", "labels", "scores"}

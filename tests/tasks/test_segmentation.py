@@ -269,6 +269,8 @@ def test_cli_fit_test_predict_round_trip(tmp_path: Path, monkeypatch: pytest.Mon
     assert {"test/miou", "test/pixel_acc", *(f"test/iou/{n}" for n in names)} <= set(
         test.trainer.callback_metrics
     )
+    sizes = {f"test/iou_{b}" for b in ("small", "medium", "large")}
+    assert sizes & set(test.trainer.callback_metrics)  # the buckets the 2 test images have
     predict = run_cli(["predict", *common, "--ckpt_path", str(last)])
     predictions = predict.trainer.predict_loop.predictions
     assert len(predictions) == 1 and [tuple(m.shape) for m in predictions[0]] == [
@@ -343,3 +345,30 @@ def test_eval_metrics_score_at_the_original_resolution_when_targets_carry_it() -
     at_batch = MulticlassConfusionMatrix(3, ignore_index=255)
     SegmentationTask.update_metrics([at_batch], logits, resized, [{"mask": resized[0]}])
     assert torch.equal(at_batch.compute(), torch.tensor([[8, 0, 0], [0, 8, 0], [0, 0, 0]]))
+
+
+def test_iou_per_object_size_uses_the_targets_instances_and_is_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two touching 2×2 class-1 squares A and B in a 6×6 image; predicted: A, one pixel of B
+    and one background pixel next to A. With the targets' instance ids A scores 4/5 (B's
+    pixel is not A's false positive) and B 1/5; as one connected component (no ids) the 8
+    pixels score 5/9. Scaled to the 6-px image (reference 128) both sizes are "medium"."""
+    mask = torch.zeros(6, 6, dtype=torch.long)
+    mask[2:4, 1:5] = 1
+    ids = torch.zeros(6, 6, dtype=torch.long)
+    ids[2:4, 1:3], ids[2:4, 3:5] = 1, 2
+    pred = torch.zeros(6, 6, dtype=torch.long)
+    pred[2:4, 1:3], pred[2, 3], pred[2, 0] = 1, 1, 1
+    logits = F.one_hot(pred, 2).permute(2, 0, 1)[None].float()
+    for instances, expected in ((ids, (4 / 5 + 1 / 5) / 2), (None, 5 / 9)):
+        task = tiny_task(num_classes=2, area_reference_size=128)
+        logged = {}
+        monkeypatch.setattr(
+            task, "log", lambda name, value, log=logged, **kw: log.__setitem__(name, float(value))
+        )
+        target = {"mask": mask} if instances is None else {"mask": mask, "instances": instances}
+        task.update_metrics([task.val_size_iou], logits, mask[None], [target])
+        task.on_validation_epoch_end()
+        assert logged == pytest.approx({"val/iou_medium": expected})  # no small, no large
+        assert task.val_size_iou.count.sum() == 0  # reset for the next epoch
