@@ -120,11 +120,12 @@ def random_affine(
 def flip_targets(
     targets: list[dict[str, Any]], flipped: Tensor, width: int
 ) -> list[dict[str, Any]]:
-    """Mirror the ``boxes`` and ``mask`` of the targets whose image :func:`random_horizontal_flip` flipped.
+    """Mirror the ``boxes``, ``mask`` and ``instances`` of the targets whose image
+    :func:`random_horizontal_flip` flipped.
 
     Args:
-        targets: per-image dicts with optional ``boxes`` (``Tensor[N, 4]`` xyxy pixels) and
-            ``mask`` (``Tensor[H, W]``).
+        targets: per-image dicts with optional ``boxes`` (``Tensor[N, 4]`` xyxy pixels),
+            ``mask`` and ``instances`` (``Tensor[H, W]``).
         flipped: ``Tensor[B]`` bool.
         width: image width in pixels.
     """
@@ -137,8 +138,9 @@ def flip_targets(
                 target["boxes"] = torch.stack(
                     [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=-1
                 )
-            if "mask" in target:
-                target["mask"] = target["mask"].flip(-1)
+            for key in ("mask", "instances"):
+                if key in target:
+                    target[key] = target[key].flip(-1)
         out.append(target)
     return out
 

@@ -9,9 +9,16 @@ on any machine without a download. One generator serves the three tasks:
 - ``detection``: ``min_objects..max_objects`` shapes per image with tight xyxy
   boxes and 0-based labels, rendered on the fly per sample.
 - ``segmentation``: the per-pixel class mask of the same scenes, 0 = background,
-  shape class + 1 on the shapes.
+  shape class + 1 on the shapes, and the instance ids (``instances``, 0 = background).
+
+Options for controlled experiments (the defaults give the images they always gave):
+``shape_family`` draws the regular shapes, the irregular ones (random blobs and star
+polygons, a new outline per object) or both; ``object_sizes`` draws every object's size from
+COCO-style buckets (small / medium / large) scaled to the image, see
+:func:`object_size_ranges`.
 """
 
+from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
 import numpy as np
@@ -19,19 +26,47 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..metrics import COCO_SIDE_THRESHOLDS, SIZE_BUCKETS, size_scale
 from .base import BaseDataModule
 from .batch_augment import flip_targets, random_horizontal_flip
 from .collate import detection_collate
-from .shapes import SHAPE_NAMES, RenderedShapes, render_shapes
+from .shapes import SHAPE_FAMILIES, SHAPE_NAMES, RenderedShapes, render_shapes
 from .tensor_dataset import BatchedTensorDataset, passthrough_collate
 
-__all__ = ["SyntheticShapesDataModule", "SyntheticShapesDataset"]
+__all__ = ["SyntheticShapesDataModule", "SyntheticShapesDataset", "object_size_ranges"]
 
 Task = Literal["classification", "detection", "segmentation"]
+ShapeFamily = Literal["regular", "irregular", "all"]
+SizeBucket = Literal["small", "medium", "large"]
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 # Channel statistics of the generator (measured: mean 0.50, std 0.22 per channel, all tasks).
 SYNTHETIC_MEAN = (0.5, 0.5, 0.5)
 SYNTHETIC_STD = (0.22, 0.22, 0.22)
+
+
+def object_size_ranges(
+    image_size: int, reference_size: float = 512
+) -> dict[str, tuple[float, float]]:
+    """Diameter ranges (pixels) of the small / medium / large objects of ``image_size`` images.
+
+    COCO's side thresholds 32 and 96 px scaled by ``s = image_size / reference_size``
+    (:func:`~dck_lightning.metrics.size_scale`): small ``[1, 32 s)``, medium ``[32 s, 96 s)``,
+    large ``[96 s, image_size / 2)``. A shape's tight box is about its diameter on a side, so
+    its area lands in the matching bucket of :func:`~dck_lightning.metrics.size_area_ranges`
+    (mostly: a square's box is 0.85 of its diameter, a rotated star's can be less).
+    """
+    scale = size_scale(image_size, reference_size)
+    small, large = (scale * side for side in COCO_SIDE_THRESHOLDS)
+    if small < 4 or large >= image_size / 2:
+        low = 2 * COCO_SIDE_THRESHOLDS[1]
+        high = COCO_SIDE_THRESHOLDS[0] * image_size / 4
+        raise ValueError(
+            f"object_sizes need small objects of at least 4 px and large ones under half the "
+            f"image: with image_size {image_size} and area_reference_size {reference_size:g} the "
+            f"buckets split at {small:g} and {large:g} px; choose an area_reference_size above "
+            f"{low:g} and at most {high:g}"
+        )
+    return {"small": (1.0, small), "medium": (small, large), "large": (large, image_size / 2)}
 
 
 class SyntheticShapesDataset(Dataset):
@@ -49,11 +84,15 @@ class SyntheticShapesDataset(Dataset):
         noise_std: pixel noise standard deviation (0-255 scale).
         cache: keep every sample once rendered (image and compact targets, about
             ``4·H·W`` bytes), so that later epochs read it instead of rendering it again.
+        shapes: the class names labels index (default the regular :data:`SHAPE_NAMES`).
+        size_ranges: diameter ranges, one drawn per object (see
+            :func:`~dck_lightning.data.shapes.render_shapes`); ``None``: ``[min_size, max_size]``.
 
     A sample is ``(image, target)`` with ``image`` a ``uint8`` ``Tensor[3, H, W]`` and
     ``target`` the ``int`` label (classification), a dict with ``boxes`` ``float32[N, 4]``,
     ``labels`` ``int64[N]``, ``difficult`` ``bool[N]``, ``orig_size`` ``int64[2]``,
-    ``image_id`` (detection) or a dict with ``mask`` ``int64[H, W]``, ``orig_size``,
+    ``image_id`` (detection) or a dict with ``mask`` ``int64[H, W]``, ``instances``
+    ``int64[H, W]`` (object ``i`` is ``i + 1``, 0 the background), ``orig_size``,
     ``image_id`` (segmentation).
     """
 
@@ -70,6 +109,8 @@ class SyntheticShapesDataset(Dataset):
         max_size: Optional[int] = None,
         noise_std: float = 6.0,
         cache: bool = False,
+        shapes: Sequence[str] = SHAPE_NAMES,
+        size_ranges: Optional[Sequence[tuple[float, float]]] = None,
     ) -> None:
         if task not in ("classification", "detection", "segmentation"):
             raise ValueError(f"unknown task {task!r}")
@@ -91,6 +132,8 @@ class SyntheticShapesDataset(Dataset):
         self.min_size = min_size
         self.max_size = max_size if max_size is not None else max(min_size, image_size // 2)
         self.noise_std = noise_std
+        self.shapes = tuple(shapes)
+        self.size_ranges = None if size_ranges is None else [tuple(r) for r in size_ranges]
         self._cache: Optional[dict[int, tuple[Tensor, Any]]] = {} if cache else None
 
     def __len__(self) -> int:
@@ -102,12 +145,19 @@ class SyntheticShapesDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.length} images")
         rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
         if self.task == "classification":
-            labels = [index % len(SHAPE_NAMES)]  # balanced classes
+            labels = [index % len(self.shapes)]  # balanced classes
         else:
             count = int(rng.integers(self.min_objects, self.max_objects + 1))
-            labels = rng.integers(0, len(SHAPE_NAMES), count).tolist()
+            labels = rng.integers(0, len(self.shapes), count).tolist()
         return render_shapes(
-            rng, self.image_size, labels, self.min_size, self.max_size, self.noise_std
+            rng,
+            self.image_size,
+            labels,
+            self.min_size,
+            self.max_size,
+            self.noise_std,
+            shapes=self.shapes,
+            size_ranges=self.size_ranges,
         )
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
@@ -130,7 +180,13 @@ class SyntheticShapesDataset(Dataset):
                 "orig_size": orig_size,
                 "image_id": index,
             }
-        return image, {"mask": target.long(), "orig_size": orig_size, "image_id": index}
+        mask, instances = target
+        return image, {
+            "mask": mask.long(),
+            "instances": instances.long(),
+            "orig_size": orig_size,
+            "image_id": index,
+        }
 
     def fill_cache(self) -> None:
         """Render every image now (needs ``cache=True``), so that training never waits for it."""
@@ -142,14 +198,19 @@ class SyntheticShapesDataset(Dataset):
 
     def _compact_sample(self, index: int) -> tuple[Tensor, Any]:
         """``(image uint8[3, H, W], target)``: the label, ``(boxes, labels)`` or the class
-        mask as ``uint8[H, W]`` (7 classes), the form the cache keeps."""
+        and instance masks as ``uint8[H, W]`` (``int16`` past 255 objects), the form the cache
+        keeps."""
         rendered = self.render(index)
         image = torch.from_numpy(rendered.image).permute(2, 0, 1).contiguous()
         if self.task == "classification":
             return image, int(rendered.labels[0])
         if self.task == "detection":
             return image, (torch.from_numpy(rendered.boxes), torch.from_numpy(rendered.labels))
-        return image, torch.from_numpy(rendered.mask.astype(np.uint8))
+        id_type = np.uint8 if self.max_objects < 256 else np.int16
+        return image, (
+            torch.from_numpy(rendered.mask.astype(np.uint8)),
+            torch.from_numpy(rendered.instances.astype(id_type)),
+        )
 
     def tensors(self) -> tuple[Tensor, Tensor]:
         """All classification samples at once: ``uint8[N, 3, H, W]`` images and ``int64[N]`` labels."""
@@ -165,15 +226,17 @@ class SyntheticShapesDataModule(BaseDataModule):
     """Synthetic shapes for classification, detection or segmentation; needs no files.
 
     Six shape classes (:data:`~dck_lightning.data.shapes.SHAPE_NAMES`: circle, square,
-    triangle, diamond, cross, ring) of random size, position and colour over a textured,
-    noisy background, 3 channels. Batches follow the project conventions:
+    triangle, diamond, cross, ring; with ``shape_family`` also or only the irregular
+    :data:`~dck_lightning.data.shapes.IRREGULAR_SHAPE_NAMES`: blob, star) of random size,
+    position and colour over a textured, noisy background, 3 channels. Batches follow the
+    project conventions (``C`` shape classes: 6 regular, 2 irregular, 8 for ``"all"``):
 
-    - classification: ``(images, labels)``, ``labels`` ``int64[B]``;
-      ``num_classes = 6``.
+    - classification: ``(images, labels)``, ``labels`` ``int64[B]``; ``num_classes = C``.
     - detection: ``(images, targets)``, one dict per image with ``boxes``, ``labels``
-      (0-based), ``difficult``, ``orig_size``, ``image_id``; ``num_classes = 6``.
-    - segmentation: ``(images, targets)``, one dict per image with ``mask``, ``orig_size``,
-      ``image_id``; ``num_classes = 7`` (class 0 is the background).
+      (0-based), ``difficult``, ``orig_size``, ``image_id``; ``num_classes = C``.
+    - segmentation: ``(images, targets)``, one dict per image with ``mask``, ``instances``
+      (object ids, for :class:`~dck_lightning.metrics.InstanceSizeIoU`), ``orig_size``,
+      ``image_id``; ``num_classes = C + 1`` (class 0 is the background).
 
     Args:
         task: ``"classification"``, ``"detection"`` or ``"segmentation"``.
@@ -190,6 +253,17 @@ class SyntheticShapesDataModule(BaseDataModule):
             classification and 4 pixels otherwise.
         max_size: largest shape diameter in pixels; ``None`` is half the image.
         noise_std: pixel noise standard deviation (0-255 scale).
+        shape_family: ``"regular"`` (the six fixed outlines), ``"irregular"`` (random blobs and
+            star polygons with 4-8 points, a new outline per object) or ``"all"`` (both, 8
+            classes).
+        object_sizes: draw every object's size bucket uniformly from these (``small``,
+            ``medium``, ``large``: COCO's buckets scaled to the image, see
+            :func:`object_size_ranges`), then its diameter in the bucket; ``min_size`` and
+            ``max_size`` are then not used. ``["small"]`` makes every object small. Default:
+            one range, ``[min_size, max_size]``.
+        area_reference_size: the image side COCO's buckets are scaled from for
+            ``object_sizes`` (512: in a 128-px image small objects are under 8 px, large ones
+            over 24 px). Give the task the same value to log per-size metrics on these buckets.
         augment: random horizontal flips of training batches (boxes and masks follow).
         normalize: normalise images with ``mean``/``std``.
         predict_dir: a folder of images for ``dck predict`` instead of the test set (see
@@ -217,6 +291,9 @@ class SyntheticShapesDataModule(BaseDataModule):
         min_size: Optional[int] = None,
         max_size: Optional[int] = None,
         noise_std: float = 6.0,
+        shape_family: ShapeFamily = "regular",
+        object_sizes: Optional[list[SizeBucket]] = None,
+        area_reference_size: int = 512,
         augment: bool = True,
         normalize: bool = True,
         cache: bool = True,
@@ -230,10 +307,29 @@ class SyntheticShapesDataModule(BaseDataModule):
             )
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {image_size}")
+        if shape_family not in SHAPE_FAMILIES:
+            raise ValueError(
+                f"shape_family must be one of {sorted(SHAPE_FAMILIES)}, got {shape_family!r}"
+            )
+        size_ranges = None
+        if object_sizes is not None:
+            unknown = sorted(set(object_sizes) - set(SIZE_BUCKETS))
+            if not object_sizes or unknown:
+                raise ValueError(
+                    f"object_sizes must be a non-empty list of {list(SIZE_BUCKETS)}, got "
+                    f"{object_sizes!r}"
+                )
+            if min_size is not None or max_size is not None:
+                raise ValueError(
+                    "give object_sizes or min_size/max_size, not both: object_sizes sets each "
+                    "object's diameter range"
+                )
+            buckets = object_size_ranges(image_size, area_reference_size)
+            size_ranges = [buckets[name] for name in object_sizes]
         self.task = task
         self.image_size = (image_size, image_size)
         self.in_channels = 3
-        shapes = list(SHAPE_NAMES)
+        shapes = list(SHAPE_FAMILIES[shape_family])
         self.class_names = ["background", *shapes] if task == "segmentation" else shapes
         self.num_classes = len(self.class_names)
         self._set_statistics(SYNTHETIC_MEAN, SYNTHETIC_STD)
@@ -248,6 +344,8 @@ class SyntheticShapesDataModule(BaseDataModule):
             min_size=min_size,
             max_size=max_size,
             noise_std=noise_std,
+            shapes=shapes,
+            size_ranges=size_ranges,
         )
         self.collate_fn = passthrough_collate if task == "classification" else detection_collate
         # Fail now, not in setup, on inconsistent generator arguments.

@@ -1,5 +1,6 @@
 """The synthetic shapes generator and its DataModule."""
 
+import hashlib
 import time
 
 import numpy as np
@@ -14,7 +15,8 @@ from dck_lightning.data import (
     flip_targets,
     render_shapes,
 )
-from dck_lightning.data.shapes import shape_mask
+from dck_lightning.data.shapes import IRREGULAR_SHAPE_NAMES, draw_outline, shape_mask
+from dck_lightning.data.synthetic import object_size_ranges
 
 
 def _check_annotations(out, image_size):
@@ -305,3 +307,166 @@ def test_datamodule_renders_detection_and_segmentation_once_in_setup():
     assert off.train_dataset._cache is None
     with pytest.raises(RuntimeError, match="cache=True"):
         off.train_dataset.fill_cache()
+
+
+# -- controlled experiments: shape families, object sizes, instance ids -------------------------
+
+
+def _digest(dataset, count):
+    digest = hashlib.sha256()
+    for index in range(count):
+        out = dataset.render(index)
+        for field in (out.image, out.boxes, out.labels, out.mask, out.instances):
+            digest.update(np.ascontiguousarray(field).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    "task, kwargs, expected",
+    [
+        ("classification", {"image_size": 32, "min_size": 8}, "1bbf9775ccfdd27b"),
+        ("detection", {"image_size": 128, "seed": 42}, "5e21341285a2e8c1"),
+        (
+            "segmentation",
+            {"image_size": 128, "seed": 3, "min_objects": 0, "max_objects": 6},
+            "249eff7b49e73f18",
+        ),
+    ],
+)
+def test_defaults_render_the_images_they_always_rendered(task, kwargs, expected):
+    """Digests of the first 12 training images, taken before shape families and object sizes
+    existed: the defaults must not draw one more random number."""
+    assert _digest(SyntheticShapesDataset(task, "train", 12, **kwargs), 12) == expected
+
+
+def test_star_outline_is_the_polygon_through_its_vertices():
+    from matplotlib.path import Path as PolygonPath
+
+    for seed in range(10):
+        outline = draw_outline("star", np.random.default_rng(seed))
+        angles, radii = outline.params[:, 0], outline.params[:, 1]
+        assert 8 <= len(angles) <= 16 and len(angles) % 2 == 0  # 4-8 points
+        assert np.allclose(outline.radius(angles), radii)
+        vertices = np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
+        grid = np.linspace(-1.05, 1.05, 151)
+        u, v = np.meshgrid(grid, grid)
+        expected = PolygonPath(vertices).contains_points(np.stack([u.ravel(), v.ravel()], 1))
+        got = shape_mask("star", u, v, outline).ravel()
+        # the two agree everywhere but (at most) on points within rounding of an edge
+        assert (got != expected).sum() <= 3
+
+
+def test_blob_outline_touches_the_unit_circle_and_stays_round():
+    for seed in range(10):
+        outline = draw_outline("blob", np.random.default_rng(seed))
+        radius = outline.radius(np.linspace(0, 2 * np.pi, 3600, endpoint=False))
+        assert radius.max() == pytest.approx(1.0, abs=1e-4)
+        assert 0.2 < radius.min() < 0.9  # lumpy, never pinched to the centre, never a circle
+
+
+def test_irregular_shapes_need_their_outline_and_are_drawn_per_object():
+    with pytest.raises(ValueError, match="outline"):
+        shape_mask("blob", np.zeros(1), np.zeros(1))
+    with pytest.raises(ValueError, match="irregular"):
+        draw_outline("circle", np.random.default_rng(0))
+    out = render_shapes(
+        np.random.default_rng(0), 96, [1, 1, 1], shapes=IRREGULAR_SHAPE_NAMES, min_size=30
+    )
+    _check_annotations(out, 96)
+    stars = [out.instances == i + 1 for i in range(3)]
+    areas = sorted(int(s.sum()) for s in stars)
+    assert len(set(areas)) == 3  # three different stars
+
+
+@pytest.mark.parametrize("family, names", [("irregular", ["blob", "star"]), ("all", None)])
+def test_shape_family_sets_the_classes(family, names):
+    names = names or [*SHAPE_NAMES, "blob", "star"]
+    dm = SyntheticShapesDataModule(task="segmentation", shape_family=family, num_train=4)
+    assert dm.class_names == ["background", *names] and dm.num_classes == len(names) + 1
+    detection = SyntheticShapesDataModule(task="detection", shape_family=family, image_size=64)
+    dataset = detection.dataset("train")
+    labels = np.concatenate([dataset.render(i).labels for i in range(60)])
+    assert set(labels.tolist()) == set(range(len(names)))
+    classification = SyntheticShapesDataModule(shape_family=family, num_train=len(names) * 3)
+    classification.setup("fit")
+    counts = torch.bincount(classification.train_dataset.tensors[1])
+    assert counts.tolist() == [3] * len(names)
+    with pytest.raises(ValueError, match="shape_family"):
+        SyntheticShapesDataModule(shape_family="odd")  # type: ignore[arg-type]
+
+
+def test_object_size_ranges_scale_coco_buckets_to_the_image():
+    assert object_size_ranges(128) == {
+        "small": (1.0, 8.0),
+        "medium": (8.0, 24.0),
+        "large": (24.0, 64.0),
+    }
+    assert object_size_ranges(256, 1024)["medium"] == (8.0, 24.0)  # the scale is side / reference
+    with pytest.raises(ValueError, match="area_reference_size above 192 and at most 256"):
+        object_size_ranges(32)  # small objects under 2 px
+
+
+@pytest.mark.parametrize("family", ["regular", "irregular"])
+@pytest.mark.parametrize("bucket", ["small", "medium", "large"])
+def test_object_sizes_put_every_box_in_its_bucket(family, bucket):
+    dm = SyntheticShapesDataModule(
+        task="detection", image_size=128, shape_family=family, object_sizes=[bucket], cache=False
+    )
+    dataset = dm.dataset("val")
+    low, high = object_size_ranges(128)[bucket]
+    areas = []
+    for index in range(40):
+        out = dataset.render(index)
+        _check_annotations(out, 128)
+        assert len(out.labels) >= 1  # no object left out for want of a fitting draw
+        areas.append((out.boxes[:, 2] - out.boxes[:, 0]) * (out.boxes[:, 3] - out.boxes[:, 1]))
+    areas = np.concatenate(areas)
+    inside = (areas >= low**2) & (areas < high**2)
+    assert inside.mean() >= 0.98, areas[~inside]  # occlusion may shrink a box, rarely
+
+
+def test_mixed_object_sizes_draw_every_bucket_and_reject_min_size():
+    dm = SyntheticShapesDataModule(
+        task="detection", image_size=128, object_sizes=["small", "large"], cache=False
+    )
+    dataset = dm.dataset("train")
+    areas = np.concatenate(
+        [
+            np.prod(dataset.render(i).boxes[:, 2:] - dataset.render(i).boxes[:, :2], 1)
+            for i in range(30)
+        ]
+    )
+    assert (
+        (areas < 64).sum() > 15
+        and (areas >= 24**2).sum() > 15
+        and not ((areas >= 64) & (areas < 24**2)).any()
+    )
+    with pytest.raises(ValueError, match="not both"):
+        SyntheticShapesDataModule(
+            task="detection", image_size=128, object_sizes=["small"], min_size=4
+        )
+    with pytest.raises(ValueError, match="object_sizes"):
+        SyntheticShapesDataModule(task="detection", image_size=128, object_sizes=["tiny"])  # type: ignore[list-item]
+
+
+def test_segmentation_targets_carry_instance_ids_that_flip_with_the_image(fake_trainer):
+    dm = SyntheticShapesDataModule(
+        task="segmentation", num_train=8, num_val=0, batch_size=8, normalize=False, seed=4
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    for target in batch[1]:
+        rendered = dm.train_dataset.render(target["image_id"])
+        assert target["instances"].dtype == torch.int64
+        assert torch.equal(target["instances"], torch.from_numpy(rendered.instances).long())
+    dm.trainer = fake_trainer(training=True)
+    images, targets = dm.on_after_batch_transfer(batch, 0)
+    flips = 0
+    for image, target, original, original_target in zip(images, targets, batch[0], batch[1]):
+        flipped = not torch.equal(image, original.float() / 255)
+        flips += flipped
+        expected = (
+            original_target["instances"].flip(-1) if flipped else original_target["instances"]
+        )
+        assert torch.equal(target["instances"], expected)
+    assert 0 < flips < 8
