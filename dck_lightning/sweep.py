@@ -215,22 +215,26 @@ class PlannedRun:
 
 
 def plan_runs(spec: SweepSpec) -> list[PlannedRun]:
-    """Every variant × grid combination × seed, in a stable order."""
+    """Every variant × grid combination × seed, in a stable order: seed-major (every
+    combination of the first seed, then of the second, ...), so runs of different
+    combinations alternate and share whatever else the machine is doing."""
     variants = spec.variants or {"": {}}
     grid_keys = list(spec.grid)
     names = short_names(grid_keys)
     for key, values in spec.grid.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise SweepError(f"grid values of {key} must be a non-empty list, got {values!r}")
-    runs = []
-    combinations = itertools.product(variants.items(), itertools.product(*spec.grid.values()))
-    for (variant, settings), values in combinations:
+    combinations = []
+    for (variant, settings), values in itertools.product(
+        variants.items(), itertools.product(*spec.grid.values())
+    ):
         switches = {**dict(settings), **dict(zip(grid_keys, values))}
         parts = [variant] if variant else []
         parts += [f"{names[k]}={_slug(v)}" for k, v in zip(grid_keys, values)]
-        combination = ",".join(parts) or "default"
-        tags = parts or ["default"]
-        for seed in spec.seeds:
+        combinations.append((",".join(parts) or "default", switches, parts or ["default"]))
+    runs = []
+    for seed in spec.seeds:  # seed-major: a change of machine load hits every combination alike
+        for combination, switches, tags in combinations:
             run_dir = spec.folder / combination / f"seed_{seed}"
             runs.append(PlannedRun(len(runs), combination, switches, seed, run_dir, tags))
     if len({r.run_dir for r in runs}) != len(runs):
@@ -258,6 +262,24 @@ def _write_status(run: PlannedRun, status: Mapping[str, Any]) -> None:
     tmp.replace(run.run_dir / STATUS_FILE)
 
 
+def code_version() -> str:
+    """The commit of the ``dck_lightning`` code the runs use (``+dirty`` with uncommitted
+    changes to the package), or ``"unknown"`` outside a git checkout."""
+    package = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(package), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--", ".")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def child_environment(spec: SweepSpec, run: PlannedRun) -> dict[str, str]:
     """One torch thread per run; the W&B group and tags of the run."""
     env = dict(os.environ)
@@ -271,14 +293,20 @@ def child_environment(spec: SweepSpec, run: PlannedRun) -> dict[str, str]:
 class _Job:
     """A run's fit, then its test, as subprocesses."""
 
-    def __init__(self, spec: SweepSpec, run: PlannedRun, previous: Mapping[str, Any]) -> None:
+    def __init__(
+        self, spec: SweepSpec, run: PlannedRun, previous: Mapping[str, Any], code: str = "unknown"
+    ) -> None:
         self.spec, self.run = spec, run
+        codes = [c for c in previous.get("code", []) if c != code]
         self.status: dict[str, Any] = {
             "state": "running",
             "fingerprint": run.fingerprint(spec),
             "attempts": int(previous.get("attempts", 0)) + 1,
             "fit_seconds": float(previous.get("fit_seconds", 0.0)),
             "test_seconds": 0.0,
+            "code": [*codes, code],  # every code version this run has trained with
+            "load_sum": float(previous.get("load_sum", 0.0)),
+            "load_samples": int(previous.get("load_samples", 0)),
         }
         self.process: Optional[subprocess.Popen] = None
         self.stage = ""
@@ -303,6 +331,11 @@ class _Job:
             env=child_environment(self.spec, self.run),
             start_new_session=True,  # a terminal's Ctrl-C reaches the sweep, which stops them
         )
+
+    def sample_load(self, load: float) -> None:
+        """Add one reading of the machine's 1-minute load average while the run runs."""
+        self.status["load_sum"] += load
+        self.status["load_samples"] += 1
 
     def poll(self) -> bool:
         """Advance; ``True`` once the run is done (finished or failed)."""
@@ -350,18 +383,31 @@ def pending_runs(spec: SweepSpec, runs: Sequence[PlannedRun]) -> list[PlannedRun
     return todo
 
 
+#: Seconds between two readings of the load average of the machine (kept per run).
+LOAD_INTERVAL = 10.0
+
+
 def run_sweep(spec: SweepSpec, runs: Sequence[PlannedRun], jobs: int = 1) -> None:
-    """Run ``runs`` (``jobs`` at a time); progress lines on stdout."""
+    """Run ``runs`` (``jobs`` at a time); progress lines on stdout. Each run's status keeps
+    the code version it ran (:func:`code_version`) and the machine's mean 1-minute load
+    average while it ran (read every :data:`LOAD_INTERVAL` seconds)."""
     queue = list(runs)
     active: list[_Job] = []
     done = 0
+    code = code_version()
+    next_load = time.monotonic()
     try:
         while queue or active:
             while queue and len(active) < jobs:
                 run = queue.pop(0)
                 print(f"[{done + len(active) + 1}/{len(runs)}] {run.run_dir}", flush=True)
-                active.append(_Job(spec, run, read_status(run)))
+                active.append(_Job(spec, run, read_status(run), code))
             time.sleep(0.2)
+            if time.monotonic() >= next_load:
+                load = os.getloadavg()[0]
+                for job in active:
+                    job.sample_load(load)
+                next_load = time.monotonic() + LOAD_INTERVAL
             for job in [j for j in active if j.poll()]:
                 active.remove(job)
                 done += 1
@@ -411,6 +457,20 @@ def _median_or_nan(values: pd.Series) -> float:
     return float(values.median()) if len(values) else math.nan
 
 
+def _median_images_per_sec(run_dir: Path) -> Optional[float]:
+    """The median of a run's per-epoch training images/s (less at the mercy of one epoch
+    that shared the machine with something else than the last epoch's value)."""
+    from .analysis import load_history
+
+    if not (run_dir / "metrics.csv").is_file():
+        return None
+    history = load_history(run_dir)
+    if "train/images_per_sec" not in history.columns:
+        return None
+    values = pd.to_numeric(history["train/images_per_sec"], errors="coerce").dropna()
+    return float(values.median()) if len(values) else None
+
+
 def summarise(
     spec: SweepSpec, runs: Sequence[PlannedRun]
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -436,9 +496,12 @@ def summarise(
             "combination": run.combination, "seed": run.seed, "state": state,
             metric: value, "parameters": get("final/model/parameters"),
             "gflops": get("final/model/gflops"),
-            "train_images_per_sec": get("final/train/images_per_sec"),
+            "train_images_per_sec": _median_images_per_sec(run.run_dir),
             "wall_seconds": status.get("fit_seconds", 0.0) + status.get("test_seconds", 0.0)
             if state in (FINISHED, FAILED) else None,
+            "load_average": status["load_sum"] / status["load_samples"]
+            if status.get("load_samples") else None,
+            "code": " ".join(status.get("code", [])) or None,
             "failed_stage": status.get("stage") if state == FAILED else None,
             "returncode": status.get(f"{status.get('stage')}_returncode") if state == FAILED else None,
             "run_dir": str(run.run_dir),
@@ -458,7 +521,9 @@ def summarise(
             "GFLOPs": _median_or_nan(group["gflops"]),
             "train images/s": _median_or_nan(finished["train_images_per_sec"]),
             "wall s per run": _median_or_nan(finished["wall_seconds"]),
+            "load avg": _median_or_nan(group["load_average"]),
             "failed seeds": " ".join(str(s) for s in failed["seed"]) or "",
+            "code": " ".join(sorted({c for v in group["code"].dropna() for c in v.split()})),
         })  # fmt: skip
     return pd.DataFrame(summary), per_run, metric
 
@@ -469,7 +534,8 @@ def _format(value: Any, column: str) -> str:
     if column == "parameters":
         return f"{value / 1e6:.3f} M"
     if isinstance(value, float):
-        return f"{value:.1f}" if column in ("train images/s", "wall s per run") else f"{value:.4f}"
+        short = ("train images/s", "wall s per run", "load avg")
+        return f"{value:.1f}" if column in short else f"{value:.4f}"
     return str(value)
 
 
@@ -503,6 +569,14 @@ def write_report(spec: SweepSpec, runs: Sequence[PlannedRun], jobs: int) -> Path
             plot = "\n![the metric per combination, one dot per seed](sweep.png)\n"
     display = table.copy()
     display.insert(0, "combination", display.pop("combination"))
+    codes = sorted({c for v in per_run["code"].dropna() for c in v.split()})
+    if len(codes) <= 1:  # one code version: said once above the table
+        display = display.drop(columns="code")
+    code_line = (
+        f"Code: `{codes[0]}`." if len(codes) == 1
+        else "Code: **runs made with different code versions** (see the code column)."
+        if codes else "Code: unknown."
+    )  # fmt: skip
     lines = [
         f"# Sweep `{spec.name}`",
         "",
@@ -514,9 +588,12 @@ def write_report(spec: SweepSpec, runs: Sequence[PlannedRun], jobs: int) -> Path
         "",
         f"`{metric}` of `dck test` on each run's best checkpoint: mean ± std over the seeds "
         "that finished and the 95 % interval of the mean (Student's t). Parameters and GFLOPs "
-        "per image of the model, training images/s of the last epoch and wall time per run "
-        "(fit + test; runs share the machine when more than one runs at a time) are medians "
-        "over the seeds.",
+        "per image of the model, training images/s (the median over the run's epochs), wall "
+        "time per run (fit + test; runs share the machine when more than one runs at a time) "
+        f"and the machine's 1-minute load average while it ran ({os.cpu_count()} CPUs here) "
+        "are medians over the seeds.",
+        "",
+        code_line,
         "",
         markdown_table(display),
         plot,

@@ -19,6 +19,7 @@ from dck_lightning.sweep import (
     STATUS_FILE,
     SweepError,
     SweepSpec,
+    code_version,
     main,
     plan_runs,
     seed_statistics,
@@ -78,6 +79,11 @@ def test_plan_is_every_variant_grid_combination_and_seed(tmp_path):
     assert runs[0].combination == "wide,dck=adaptive,gcm=true" and runs[0].seed == 1
     assert runs[0].run_dir == tmp_path / "s" / "wide,dck=adaptive,gcm=true" / "seed_1"
     assert runs[-1].combination == "base,dck=static,gcm=false" and runs[-1].seed == 2
+    # seed-major: all eight combinations of seed 1, then of seed 2 (load changes hit all alike)
+    assert [r.seed for r in runs] == [1] * 8 + [2] * 8
+    assert [r.combination for r in runs[:8]] == [r.combination for r in runs[8:]]
+    assert len({r.combination for r in runs[:8]}) == 8
+    assert [r.index for r in runs] == list(range(16))
     assert runs[0].tags == ["wide", "dck=adaptive", "gcm=true"]
     assert short_names(["a.init_args.dck", "b.init_args.dck", "c.gcm"]) == {
         "a.init_args.dck": "a.dck", "b.init_args.dck": "b.dck", "c.gcm": "gcm"}  # fmt: skip
@@ -107,7 +113,7 @@ def test_shipped_sweep_files_give_commands_the_cli_accepts(sweep_file, capsys, m
     spec = SweepSpec.from_file(sweep_file)
     runs = plan_runs(spec)
     assert len(runs) == len(spec.seeds) * max(1, len(spec.variants))
-    for run in runs[:: len(spec.seeds)]:  # one per combination
+    for run in runs[: max(1, len(spec.variants))]:  # one per combination (seed-major plan)
         with pytest.raises(SystemExit) as exit_info:
             dck([*run.command(spec, "fit")[3:], "--print_config"])
         assert exit_info.value.code in (0, None), run.combination
@@ -122,19 +128,27 @@ def test_shipped_sweep_files_give_commands_the_cli_accepts(sweep_file, capsys, m
 # -- state, report, SLURM and W&B files ------------------------------------------------------------
 
 
-def fake_run(run, spec, state: str, value: float | None = None, fingerprint: str | None = None):
+def fake_run(
+    run,
+    spec,
+    state: str,
+    value: float | None = None,
+    fingerprint: str | None = None,
+    code: str = "abc123",
+):
     """A run folder as dck fit + dck test + the sweep leave it (config, metrics, status)."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     config = {"model": {"class_path": "dck_lightning.tasks.ClassificationTask"},
               "run": {"name": run.combination}, "seed_everything": run.seed}  # fmt: skip
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     rows = ["epoch,step,model/parameters,model/gflops,train/images_per_sec,val/acc,test/acc",
-            ",0,1000.0,0.5,,,", "0,3,,,250.0,0.5,"]  # fmt: skip
+            ",0,1000.0,0.5,,,", "0,3,,,250.0,0.5,", "1,6,,,100.0,0.6,", "2,9,,,260.0,0.7,"]  # fmt: skip
     if value is not None:
         rows.append(f",3,,,,,{value}")
     (run.run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
     status = {"state": state, "fingerprint": fingerprint or run.fingerprint(spec), "stage": "test",
-              "fit_seconds": 10.0, "test_seconds": 2.0, "test_returncode": 0 if state == "finished" else 1}  # fmt: skip
+              "fit_seconds": 10.0, "test_seconds": 2.0, "test_returncode": 0 if state == "finished" else 1,
+              "code": [code], "load_sum": 3.0 * (run.seed + 1), "load_samples": 3}  # fmt: skip
     (run.run_dir / STATUS_FILE).write_text(json.dumps(status))
 
 
@@ -143,16 +157,23 @@ def test_report_lists_every_combination_and_failed_runs(tmp_path):
         name="s", root=str(tmp_path), grid={DCK: ["adaptive", "static"]}, seeds=[1, 2, 3]
     )
     runs = plan_runs(spec)
-    for run, value in zip(runs, [0.8, 0.9, 1.0, 0.6, 0.7]):
-        fake_run(run, spec, "finished", value)
-    fake_run(runs[5], spec, "failed")
+    values = {("dck=adaptive", 1): 0.8, ("dck=adaptive", 2): 0.9, ("dck=adaptive", 3): 1.0,
+              ("dck=static", 1): 0.6, ("dck=static", 2): 0.7}  # fmt: skip
+    for run in runs:
+        if (run.combination, run.seed) in values:
+            fake_run(run, spec, "finished", values[run.combination, run.seed])
+        else:
+            fake_run(run, spec, "failed")
     table, per_run, metric = summarise(spec, runs)
     assert metric == "test/acc"
     row = table.set_index("combination").loc["dck=static"]
     assert (row["runs"], row["finished"], row["failed"], row["failed seeds"]) == (3, 2, 1, "3")
     assert row["test/acc mean"] == pytest.approx(0.65)
+    # images/s: the median over a run's epochs (250, 100, 260), not its last epoch
     assert row["parameters"] == 1000 and row["GFLOPs"] == 0.5 and row["train images/s"] == 250
     assert row["wall s per run"] == 12.0
+    assert row["load avg"] == 3.0  # the runs' mean loads: 2, 3, 4 (seeds 1-3); median
+    assert row["code"] == "abc123"
     adaptive = table.set_index("combination").loc["dck=adaptive"]
     assert adaptive["ci95 high"] == pytest.approx(seed_statistics([0.8, 0.9, 1.0])["ci_high"])
     assert per_run["state"].tolist().count("failed") == 1
@@ -163,6 +184,12 @@ def test_report_lists_every_combination_and_failed_runs(tmp_path):
     assert written["combination"].tolist() == ["dck=adaptive", "dck=static"]
     markdown = (tmp_path / "s" / "sweep.md").read_text()
     assert "| dck=static | 3 | 2 | 1 | 0.6500 |" in markdown
+    assert "Code: `abc123`." in markdown and "| code |" not in markdown
+    fake_run(runs[0], spec, "finished", 0.8, code="def456")  # one run of other code
+    assert main(["--root", str(tmp_path), "--name", "s", "--grid", f"{DCK}=[adaptive,static]",
+                 "--seeds", "3", "--summary"]) == 1  # fmt: skip
+    markdown = (tmp_path / "s" / "sweep.md").read_text()
+    assert "different code versions" in markdown and "abc123 def456 |" in markdown
     assert "`dck=static` seed 3: test exited with 1" in markdown
     assert (tmp_path / "s" / "sweep.png").is_file()
 
@@ -223,6 +250,7 @@ def test_end_to_end_fit_test_report_and_retry(tmp_path, monkeypatch):
     assert (
         status["state"] == "finished" and status["fit_returncode"] == status["test_returncode"] == 0
     )
+    assert status["code"] == [code_version()] and status["load_samples"] >= 1  # read at start
     assert {"config.yaml", "config_1.yaml", "metrics.csv", "sweep_fit.log", "sweep_test.log"} <= {
         p.name for p in good.iterdir()}  # fmt: skip
     assert "dck: error: invalid config: dropout probability" in (bad / "sweep_fit.log").read_text()
@@ -243,3 +271,11 @@ def test_end_to_end_fit_test_report_and_retry(tmp_path, monkeypatch):
     assert (good / "sweep_fit.log").stat().st_mtime == fit_log  # finished: not run again
     assert json.loads((bad / STATUS_FILE).read_text())["attempts"] == 2  # failed: retried
     assert os.environ.get("DCK_RUN_DIR") is None
+
+
+def test_code_version_is_the_checkout_commit():
+    version = code_version()
+    if version == "unknown":
+        pytest.skip("not a git checkout")
+    commit = version.removesuffix("+dirty")
+    assert len(commit) == 12 and int(commit, 16) >= 0
