@@ -44,12 +44,15 @@ def dck_conv_args(
     dck_kernel_size: int,
     center_constraint: tuple[float, float],
     backend: Optional[Backend],
+    init_extent: Optional[float] = None,
 ) -> dict:
     """ConvBlock arguments of the DCK position for a DCK mode."""
     dck = dck_mode(dck)
     if dck == "off":
         return {"conv": "plain", "kernel_size": 3}
     conv_kwargs = {"center_constraint": center_constraint} if dck == "adaptive" else {}
+    if init_extent is not None:
+        conv_kwargs["init_extent"] = init_extent
     if dck == "adaptive" and backend is not None:
         conv_kwargs["backend"] = backend
     return {"conv": _CONV_FOR_DCK[dck], "kernel_size": dck_kernel_size, "conv_kwargs": conv_kwargs}
@@ -67,6 +70,8 @@ class _DCBBase(nn.Module):
         gcm (bool): append the Global Context Module. Default: ``True``.
         dck_kernel_size (int): largest DCK kernel. Default: 5.
         center_constraint (Tuple[float, float]): DCK centre constraint, pixels. Default: (2, 2).
+        dck_init_extent (float, optional): initial DCK extent ``σ`` in taps. Default: the
+            kernel size (:class:`~dck_lightning.layers.DynamicConv2d`'s).
         norm_layer, act_layer: injected norm and activation.
         backend (str, optional): sampling backend of the DCK and deformable convolutions.
     """
@@ -81,6 +86,7 @@ class _DCBBase(nn.Module):
         gcm: bool = True,
         dck_kernel_size: int = 5,
         center_constraint: tuple[float, float] = (2.0, 2.0),
+        dck_init_extent: Optional[float] = None,
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
         act_layer: Callable[..., nn.Module] = nn.ReLU,
         backend: Optional[Backend] = None,
@@ -88,7 +94,9 @@ class _DCBBase(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.dck_mode, self.use_deform, self.use_gcm = dck_mode(dck), deform, gcm
-        self._dck_args = dck_conv_args(dck, dck_kernel_size, center_constraint, backend)
+        self._dck_args = dck_conv_args(
+            dck, dck_kernel_size, center_constraint, backend, dck_init_extent
+        )
         self._layers = {"norm_layer": norm_layer, "act_layer": act_layer}
         self._backend_kwargs = {"backend": backend} if backend is not None else {}
         self.gcm = (

@@ -96,6 +96,9 @@ class DCBNet(nn.Module):
         gcm (bool): Global Context Module in the DCBs.
         dck_kernel_size (int): largest DCK kernel. Default: 5.
         center_constraint (Tuple[float, float]): DCK centre constraint, pixels.
+        dck_init_extent (float, optional): initial extent ``σ`` (taps) of the DCKs. Default:
+            the kernel size (mask 0.92 at the edge of a 5×5 window); a large value (e.g. 30)
+            starts them from the flat full window.
         stem (str): ``"resnet"`` or ``"small"``, see :func:`make_stem`.
         stem_width (int, optional): stem channels. Default: ``widths[0]``.
         stem_stride (int): 1, 2 or 4; feature strides are ``stem_stride × (1, 2, 4, 8)``.
@@ -121,6 +124,7 @@ class DCBNet(nn.Module):
         gcm: bool = True,
         dck_kernel_size: int = 5,
         center_constraint: tuple[float, float] = (2.0, 2.0),
+        dck_init_extent: Optional[float] = None,
         stem: Literal["resnet", "small"] = "resnet",
         stem_width: Optional[int] = None,
         stem_stride: int = 4,
@@ -146,6 +150,7 @@ class DCBNet(nn.Module):
             "gcm": gcm,
             "dck_kernel_size": dck_kernel_size,
             "center_constraint": tuple(center_constraint),
+            "dck_init_extent": dck_init_extent,
             "backend": backend,
         }
         stages = []

@@ -17,6 +17,8 @@ softmax is folded into the cross-entropy loss. Shapes for a 28×28 input: 22×22
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor, nn
 
 from ..layers import DynamicConv2d
@@ -32,8 +34,12 @@ class SeedNet(nn.Module):
         adaptive (bool): position-adaptive DCKs (the design document's). Default: ``True``.
         backend (str, optional): sampling backend of the DCKs.
         plain (bool): ``nn.Conv2d`` of the same kernel and padding in place of each DCK: the
-            plain twin of an ablation (``adaptive`` and ``backend`` do not apply). Default:
-            ``False``.
+            plain twin of an ablation (``adaptive``, ``backend`` and ``init_extent`` do not
+            apply). Default: ``False``.
+        init_extent (float, optional): initial extent ``σ`` (taps) of both DCKs, see
+            :class:`~dck_lightning.layers.DynamicConv2d`. Default: each DCK's kernel size
+            (mask 0.91 at the edge of the 7×7 window, 0.95 at the edge of the 3×3). A large
+            value starts from the flat full window: 30 gives ≥ 0.99 at every tap of both.
     """
 
     def __init__(
@@ -44,13 +50,14 @@ class SeedNet(nn.Module):
         adaptive: bool = True,
         backend=None,
         plain: bool = False,
+        init_extent: Optional[float] = None,
     ) -> None:
         super().__init__()
         if plain:
             conv1 = nn.Conv2d(in_channels, 32, 7, padding="valid")
             conv2 = nn.Conv2d(32, 64, 3, padding="same")
         else:
-            dck = {"adaptive": adaptive, "backend": backend}
+            dck = {"adaptive": adaptive, "backend": backend, "init_extent": init_extent}
             conv1 = DynamicConv2d(
                 in_channels, 32, 7, padding="valid", center_constraint=(2, 2), **dck
             )

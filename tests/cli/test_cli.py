@@ -231,7 +231,8 @@ def test_print_config_shows_every_backbone_argument_with_its_default(capsys):
     assert backbone["init_args"] == {
         "widths": [32, 64, 96, 128], "depths": [1, 1, 1, 1], "dcb_stages": [3, 4],
         "stem": "small", "stem_stride": 2, "dck": "adaptive", "deform": True, "gcm": True,
-        "dck_kernel_size": 5, "center_constraint": [2.0, 2.0], "stem_width": None, "backend": None,
+        "dck_kernel_size": 5, "center_constraint": [2.0, 2.0], "dck_init_extent": None,
+        "stem_width": None, "backend": None,
     }  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from dck_lightning.models import (
     count_parameters,
     create_backbone,
     create_classifier,
+    dcb_small,
     list_backbones,
 )
 
@@ -135,6 +136,7 @@ def test_presets_are_dcbnet_classes_with_their_values_as_defaults():
         "gcm": True,
         "dck_kernel_size": 5,
         "center_constraint": [2.0, 2.0],
+        "dck_init_extent": None,
         "stem": "small",
         "stem_width": None,
         "stem_stride": 2,
@@ -234,3 +236,19 @@ def test_seednet_plain_twin_has_the_same_shapes_with_plain_convolutions():
     x = torch.randn(2, 1, 28, 28)
     assert plain.features(x).shape == dck.features(x).shape == (2, 64, 5, 5)
     assert plain(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("dck", ["adaptive", "static"])
+def test_dck_init_extent_reaches_every_dck(dck):
+    """SeedNet(init_extent) and DCBNet(dck_init_extent) start every DCK at that σ; left out,
+    each DCK starts at its kernel size (DynamicConv2d's default)."""
+    seed = SeedNet(adaptive=dck == "adaptive", init_extent=30.0)
+    dcb = dcb_small(dck=dck, dck_init_extent=30.0, **TINY)
+    for net in (seed, dcb):
+        layers = [m for m in net.modules() if isinstance(m, DynamicConv2d)]
+        assert layers and all(torch.allclose(m.sigma, torch.tensor(30.0)) for m in layers)
+        assert all(m.receptive_field_mask().min() > 0.99 for m in layers)  # the flat window
+    for net in (SeedNet(adaptive=dck == "adaptive"), dcb_small(dck=dck, **TINY)):
+        for m in (m for m in net.modules() if isinstance(m, DynamicConv2d)):
+            assert torch.allclose(m.sigma, torch.tensor(float(max(m.kernel_size))))
+    assert not any(isinstance(m, DynamicConv2d) for m in dcb_small(dck="off", **TINY).modules())
