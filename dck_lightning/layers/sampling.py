@@ -541,11 +541,19 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-def _gather(table: Tensor, index: Tensor, weights: Tensor, corners: Tensor) -> Tensor:
-    """``cols[s] = Σ_n weights[s, n] · table[index[s] + corners[n]]`` (one im2col chunk)."""
-    return F.embedding_bag(
-        index.unsqueeze(1) + corners, table, per_sample_weights=weights, mode="sum"
-    )
+def _gather(table: Tensor, neighbours: Tensor, weights: Tensor, out: Tensor) -> Tensor:
+    """``out[s] = Σ_n weights[s, n] · table[neighbours[s, n]]`` (one im2col chunk).
+
+    A compressed-row sparse matrix (four non-zeros a row) times the table, written into
+    ``out``: 3–4× faster than :func:`~torch.nn.functional.embedding_bag`. (The sparse kernels
+    run in float32/float64; other dtypes take embedding_bag.)
+    """
+    if table.dtype not in (torch.float32, torch.float64):
+        return F.embedding_bag(neighbours, table, per_sample_weights=weights, mode="sum")
+    n = neighbours.shape[0]
+    rows = torch.arange(0, 4 * n + 1, 4, device=table.device)
+    matrix = _csr(rows, neighbours.view(4 * n), weights.reshape(4 * n), (n, table.shape[0]))
+    return torch.addmm(out, matrix, table, beta=0, out=out)
 
 
 def _scatter_add(
@@ -610,9 +618,12 @@ def sampled_matmul(
     corners = torch.tensor(corner_offsets(width, y.shape[-1]), device=table.device)
     rows, per_row = y.shape[:3].numel(), y.shape[3:].numel()
     out = table.new_empty(rows, matrix.shape[1])
-    for start, stop in _chunks(rows, matrix.shape[0] * table.element_size()):
+    chunks = _chunks(rows, matrix.shape[0] * table.element_size())
+    buffer = table.new_empty((chunks[0][1] - chunks[0][0]) * per_row, table.shape[1])
+    for start, stop in chunks:
         samples = slice(start * per_row, stop * per_row)
-        cols = _gather(table, index[samples], weights[samples], corners)
+        neighbours = index[samples].unsqueeze(1) + corners
+        cols = _gather(table, neighbours, weights[samples], buffer[: neighbours.shape[0]])
         cols = cols.view(stop - start, matrix.shape[0])
         if bias is None:
             torch.mm(cols, matrix, out=out[start:stop])
@@ -669,15 +680,16 @@ def sampled_matmul_backward(
     # The weight gradient is accumulated transposed, [out, in]: a faster product in chunks.
     grad_matrix_t = matrix.new_zeros(matrix.shape[::-1])
     dots = weights.new_zeros(weights.shape, dtype=dtype)
-    if need_dots:
-        most = (chunks[0][1] - chunks[0][0]) * per_row  # samples in the largest chunk
-        row_start = torch.arange(0, 4 * most + 1, 4, device=table.device)
+    most = (chunks[0][1] - chunks[0][0]) * per_row  # samples in the largest chunk
+    row_start = torch.arange(0, 4 * most + 1, 4, device=table.device)
+    buffer = table.new_empty(most, channels)
     for start, stop in chunks:
         n = (stop - start) * per_row
         samples = slice(start * per_row, stop * per_row)
+        neighbours = index[samples].unsqueeze(1) + corner_index
         grad = grad_out[start:stop]
         if need_matrix:
-            cols = _gather(table, index[samples], weights[samples], corner_index)
+            cols = _gather(table, neighbours, weights[samples], buffer[:n])
             grad_matrix_t.addmm_(grad.t(), cols.view(stop - start, matrix.shape[0]))
         if not (need_table or need_dots):
             continue
@@ -685,8 +697,12 @@ def sampled_matmul_backward(
         if need_table:
             _scatter_add(grad_table, index[samples], weights[samples], corners, grad_cols)
         if need_dots:  # (grad_cols · tableᵀ) at the non-zeros of S, written into `dots`
-            neighbours = (index[samples].unsqueeze(1) + corner_index).view(4 * n)
-            s = _csr(row_start[: n + 1], neighbours, dots[samples].view(4 * n), (n, table_rows))
+            s = _csr(
+                row_start[: n + 1],
+                neighbours.view(4 * n),
+                dots[samples].view(4 * n),
+                (n, table_rows),
+            )
             torch.sparse.sampled_addmm(s, grad_cols, sparse_table.t(), beta=0.0, out=s)
     grad_y = grad_x = grad_mask = None
     if need_dots:
