@@ -115,7 +115,122 @@ class Localization(nn.Module):
         return shift, scale
 
 
-class DynamicConv2d(nn.Module):
+class DCKGeometry(nn.Module):
+    """What a DCK computes once its kernel is known: the geometry (``kernel_size``, ``stride``,
+    ``padding``, ``dilation``, ``groups``), the localisation network (``None``: static) and the
+    convolution of the kept taps (:meth:`conv`). Shared by :class:`DynamicConv2d` and its
+    inference form :class:`~dck_lightning.deploy.FrozenDynamicConv2d`; subclasses provide
+    :meth:`crop_radius`.
+    """
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    backend: Optional[str]
+    localization: Optional[Localization]
+    bias: Optional[Tensor]
+
+    def crop_radius(self) -> tuple[int, int]:
+        """Half-size ``(r_y, r_x)`` of the taps the layer runs."""
+        raise NotImplementedError
+
+    def _input_padding(self, radius: tuple[int, int]) -> tuple[int, int]:
+        """Padding that keeps the output grid of the full kernel for the cropped kernel."""
+        return tuple(
+            p - d * ((k - 1) // 2 - r)
+            for p, d, k, r in zip(self.padding, self.dilation, self.kernel_size, radius)
+        )
+
+    def position_parameters(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Centre shift and scale ``[B, 2, H_out, W_out]`` predicted for input ``x``."""
+        if self.localization is None:
+            raise RuntimeError("position_parameters() needs adaptive=True")
+        # Align the 3×3 localisation window with the centre of each output's receptive field.
+        align = tuple(
+            d * (k - 1) // 2 - p for p, d, k in zip(self.padding, self.dilation, self.kernel_size)
+        )
+        return self.localization(pad_or_crop(x, (-align[0], -align[1])))
+
+    def _taps(self, radius: tuple[int, int], device, dtype) -> tuple[Tensor, Tensor]:
+        """Positions ``p_k`` of the kept taps relative to the centre, pixels, row-major: ``[K]`` each."""
+        (r_y, r_x), (d_y, d_x) = radius, self.dilation
+        taps_y = torch.arange(-r_y, r_y + 1, device=device, dtype=dtype) * d_y
+        taps_x = torch.arange(-r_x, r_x + 1, device=device, dtype=dtype) * d_x
+        return taps_y.repeat_interleave(2 * r_x + 1), taps_x.repeat(2 * r_y + 1)
+
+    def offsets(self, x: Tensor, radius: Optional[tuple[int, int]] = None) -> Tensor:
+        """Structured deformable offsets ``[B, 2·kh'·kw', H_out, W_out]`` of the kept taps."""
+        radius = radius or self.crop_radius()
+        shift, scale = self.position_parameters(x)
+        return structured_offsets(shift, scale, *self._taps(radius, x.device, shift.dtype))
+
+    def sample_positions(
+        self, x: Tensor, radius: Optional[tuple[int, int]] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Input coordinates ``p + t + s · p_k`` of every kept tap: ``(y, x) [B, 1, K, H_out, W_out]``.
+
+        ``p`` is the centre of the full kernel's window at each output position (pixel
+        centres at integers), so the cropped kernel keeps the full kernel's output grid.
+        """
+        radius = radius or self.crop_radius()
+        shift, scale = self.position_parameters(x)
+        dtype = torch.promote_types(shift.dtype, torch.float32)  # positions in float32 at least
+        shift, scale = shift.to(dtype), scale.to(dtype)
+        out_h, out_w = shift.shape[-2:]
+        taps = self._taps(radius, x.device, shift.dtype)
+        positions = []
+        for axis, size in enumerate((out_h, out_w)):
+            k, s, p, d = (
+                self.kernel_size[axis],
+                self.stride[axis],
+                self.padding[axis],
+                self.dilation[axis],
+            )
+            centre = torch.arange(size, device=x.device, dtype=shift.dtype) * s + (
+                d * (k - 1) // 2 - p
+            )
+            centre = centre.view(size, 1) if axis == 0 else centre
+            base = (shift[:, axis] + centre).unsqueeze(1)  # [B, 1, H_out, W_out]
+            step = scale[:, axis].unsqueeze(1)
+            positions.append(torch.addcmul(base, step, taps[axis].view(-1, 1, 1)).unsqueeze(1))
+        return positions[0], positions[1]
+
+    def conv(self, x: Tensor, weight: Tensor, radius: tuple[int, int]) -> Tensor:
+        """The convolution of ``x`` with the kept taps' kernel ``weight [O, C/groups, 2·r_y+1, 2·r_x+1]``:
+        a plain ``conv2d`` without localisation, else the deformable one at ``p + t + s · p_k``."""
+        padding = self._input_padding(radius)
+        if self.localization is None:
+            # Static path: one masked, cropped conv2d (negative padding crops the input).
+            inner = pad_or_crop(x, tuple(min(p, 0) for p in padding))
+            return F.conv2d(
+                inner,
+                weight,
+                self.bias,
+                self.stride,
+                tuple(max(p, 0) for p in padding),
+                self.dilation,
+                self.groups,
+            )
+        if resolve_backend(self.backend, x) == "torch":
+            y, x_positions = self.sample_positions(x, radius)
+            return sampled_conv2d(x, y, x_positions, weight, self.bias)
+        offset = self.offsets(x, radius)
+        inner = pad_or_crop(x, tuple(min(p, 0) for p in padding))
+        return deform_conv2d(
+            inner,
+            offset,
+            weight,
+            self.bias,
+            stride=self.stride,
+            padding=tuple(max(p, 0) for p in padding),
+            dilation=self.dilation,
+            backend=self.backend,
+        )
+
+
+class DynamicConv2d(DCKGeometry):
     r"""Dynamic convolutional kernel (DCK).
 
     Args:
@@ -323,99 +438,9 @@ class DynamicConv2d(nn.Module):
         weight = self.weight[:, :, c_y - r_y : c_y + r_y + 1, c_x - r_x : c_x + r_x + 1]
         return weight * self.receptive_field_mask((r_y, r_x)).unsqueeze(1)
 
-    # ----------------------------------------------------------------- forward
-    def _input_padding(self, radius: tuple[int, int]) -> tuple[int, int]:
-        """Padding that keeps the output grid of the full kernel for the cropped kernel."""
-        return tuple(
-            p - d * ((k - 1) // 2 - r)
-            for p, d, k, r in zip(self.padding, self.dilation, self.kernel_size, radius)
-        )
-
-    def position_parameters(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Centre shift and scale ``[B, 2, H_out, W_out]`` predicted for input ``x``."""
-        if self.localization is None:
-            raise RuntimeError("position_parameters() needs adaptive=True")
-        # Align the 3×3 localisation window with the centre of each output's receptive field.
-        align = tuple(
-            d * (k - 1) // 2 - p for p, d, k in zip(self.padding, self.dilation, self.kernel_size)
-        )
-        return self.localization(pad_or_crop(x, (-align[0], -align[1])))
-
-    def _taps(self, radius: tuple[int, int], device, dtype) -> tuple[Tensor, Tensor]:
-        """Positions ``p_k`` of the kept taps relative to the centre, pixels, row-major: ``[K]`` each."""
-        (r_y, r_x), (d_y, d_x) = radius, self.dilation
-        taps_y = torch.arange(-r_y, r_y + 1, device=device, dtype=dtype) * d_y
-        taps_x = torch.arange(-r_x, r_x + 1, device=device, dtype=dtype) * d_x
-        return taps_y.repeat_interleave(2 * r_x + 1), taps_x.repeat(2 * r_y + 1)
-
-    def offsets(self, x: Tensor, radius: Optional[tuple[int, int]] = None) -> Tensor:
-        """Structured deformable offsets ``[B, 2·kh'·kw', H_out, W_out]`` of the kept taps."""
-        radius = radius or self.crop_radius()
-        shift, scale = self.position_parameters(x)
-        return structured_offsets(shift, scale, *self._taps(radius, x.device, shift.dtype))
-
-    def sample_positions(
-        self, x: Tensor, radius: Optional[tuple[int, int]] = None
-    ) -> tuple[Tensor, Tensor]:
-        """Input coordinates ``p + t + s · p_k`` of every kept tap: ``(y, x) [B, 1, K, H_out, W_out]``.
-
-        ``p`` is the centre of the full kernel's window at each output position (pixel
-        centres at integers), so the cropped kernel keeps the full kernel's output grid.
-        """
-        radius = radius or self.crop_radius()
-        shift, scale = self.position_parameters(x)
-        dtype = torch.promote_types(shift.dtype, torch.float32)  # positions in float32 at least
-        shift, scale = shift.to(dtype), scale.to(dtype)
-        out_h, out_w = shift.shape[-2:]
-        taps = self._taps(radius, x.device, shift.dtype)
-        positions = []
-        for axis, size in enumerate((out_h, out_w)):
-            k, s, p, d = (
-                self.kernel_size[axis],
-                self.stride[axis],
-                self.padding[axis],
-                self.dilation[axis],
-            )
-            centre = torch.arange(size, device=x.device, dtype=shift.dtype) * s + (
-                d * (k - 1) // 2 - p
-            )
-            centre = centre.view(size, 1) if axis == 0 else centre
-            base = (shift[:, axis] + centre).unsqueeze(1)  # [B, 1, H_out, W_out]
-            step = scale[:, axis].unsqueeze(1)
-            positions.append(torch.addcmul(base, step, taps[axis].view(-1, 1, 1)).unsqueeze(1))
-        return positions[0], positions[1]
-
     def forward(self, x: Tensor) -> Tensor:
         radius = self.crop_radius()
-        weight = self.effective_weight(radius)
-        padding = self._input_padding(radius)
-        if self.localization is None:
-            # Static path: one masked, cropped conv2d (negative padding crops the input).
-            inner = pad_or_crop(x, tuple(min(p, 0) for p in padding))
-            return F.conv2d(
-                inner,
-                weight,
-                self.bias,
-                self.stride,
-                tuple(max(p, 0) for p in padding),
-                self.dilation,
-                self.groups,
-            )
-        if resolve_backend(self.backend, x) == "torch":
-            y, x_positions = self.sample_positions(x, radius)
-            return sampled_conv2d(x, y, x_positions, weight, self.bias)
-        offset = self.offsets(x, radius)
-        inner = pad_or_crop(x, tuple(min(p, 0) for p in padding))
-        return deform_conv2d(
-            inner,
-            offset,
-            weight,
-            self.bias,
-            stride=self.stride,
-            padding=tuple(max(p, 0) for p in padding),
-            dilation=self.dilation,
-            backend=self.backend,
-        )
+        return self.conv(x, self.effective_weight(radius), radius)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
