@@ -388,9 +388,9 @@ class DynamicConv2d(DCKGeometry):
         step or a loaded state dict (an in-place edit), and never while compiling or exporting.
         """
         if (
-            self.crop_threshold > 0
+            not torch.compiler.is_compiling()
+            and self.crop_threshold > 0
             and self.extent._version != self._crop_version
-            and not torch.compiler.is_compiling()
         ):
             self.prune()
         return self._crop
