@@ -515,12 +515,18 @@ def entry_point() -> None:
     """The ``dck`` console script. It returns nothing: the script does ``sys.exit(entry_point())``
     and any other return value would turn a successful run into exit status 1.
 
-    ``dck sweep ...`` is :mod:`dck_lightning.sweep` (it runs ``dck fit``/``dck test`` itself).
+    ``dck sweep ...`` is :mod:`dck_lightning.sweep` (it runs ``dck fit``/``dck test`` itself);
+    ``dck export ...`` is :mod:`dck_lightning.export`. Both are handled before LightningCLI.
     """
     if sys.argv[1:2] == ["sweep"]:
         from .sweep import main as sweep_main
 
         raise SystemExit(sweep_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["export"]:
+        from .export import main as export
+
+        export(sys.argv[2:])
+        return
     main()
 
 

@@ -35,7 +35,9 @@ def bound_offsets(raw: Tensor, max_offset: float, eps: float = 1e-12) -> Tensor:
     """
     b, c, h, w = raw.shape
     pairs = raw.view(b, c // 2, 2, h, w)
-    norm = pairs.square().sum(dim=2, keepdim=True).add(eps).sqrt()
+    # clamp, not + eps: finite at 0 (value and gradient), and an exporter keeps it (the ONNX
+    # exporter folded "+ 1e-12" away, leaving 0 / 0 for zero offsets).
+    norm = pairs.square().sum(dim=2, keepdim=True).clamp_min(eps).sqrt()
     return (pairs * (max_offset * torch.tanh(norm) / norm)).view(b, c, h, w)
 
 

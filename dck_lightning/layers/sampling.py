@@ -149,7 +149,7 @@ def deform_conv2d(
     check_shapes(input, offset, weight, mask, stride, padding, dilation)
     y, x = sample_positions(offset, weight.shape[-2:], stride, padding, dilation)
     if mask is not None:
-        mask = mask.view(y.shape)
+        mask = mask.view(-1, *y.shape[1:])
     return sampled_conv2d(input, y, x, weight, bias, mask)
 
 
@@ -242,7 +242,7 @@ def sample_positions(
     kh, kw = kernel_size
     groups = channels // (2 * kh * kw)
     device, dtype = offset.device, torch.promote_types(offset.dtype, torch.float32)
-    offset = offset.to(dtype).view(batch, groups, kh * kw, 2, out_h, out_w)
+    offset = offset.to(dtype).view(-1, groups, kh * kw, 2, out_h, out_w)
     tap_y = (torch.arange(kh, device=device) * dilation[0]).repeat_interleave(kw)
     tap_x = (torch.arange(kw, device=device) * dilation[1]).repeat(kh)
     pos_y = torch.arange(out_h, device=device) * stride[0] - padding[0]
@@ -260,11 +260,8 @@ def padded_table(input: Tensor, offset_groups: int) -> Tensor:
     their neighbours in the table; a sample beyond the image reads only zeros, so the
     clamp changes neither its value (0) nor its gradient (0).
     """
-    batch, channels, height, width = input.shape
     table = F.pad(input.permute(0, 2, 3, 1), (0, 0, 1, 2, 1, 2))
-    return table.reshape(
-        batch * (height + 3) * (width + 3) * offset_groups, channels // offset_groups
-    )
+    return table.reshape(-1, input.shape[1] // offset_groups)
 
 
 def corner_offsets(width: int, groups: int) -> tuple[int, int, int, int]:
@@ -309,7 +306,7 @@ def bilinear_neighbours(
     before, after = 1 - frac_x, frac_x
     # (Four products stacked: much faster than a broadcast outer product over size-2 axes.)
     weights = torch.stack((above * before, above * after, below * before, below * after), dim=-1)
-    return index.view(index.numel()), weights.view(index.numel(), 4)
+    return index.view(-1), weights.view(-1, 4)
 
 
 def bilinear_backward(
@@ -396,7 +393,7 @@ def sampled_conv2d(
             out = _grid_sample_conv(input, y, x, weight, bias, mask)
         else:
             out = _table_conv(input, y, x, weight, bias, mask)
-    out = out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
+    out = out.view(-1, out_h, out_w, out_channels).permute(0, 3, 1, 2)
     return out if channels_last else out.contiguous()
 
 
@@ -451,10 +448,8 @@ def _reference_conv(
     index, weights = bilinear_neighbours(y, x, mask, in_size)
     corners = torch.tensor(corner_offsets(in_size[1], offset_groups), device=index.device)
     index = index.unsqueeze(1) + corners
-    rows, channels = y.shape[:3].numel(), matrix.shape[0]
     if torch.onnx.is_in_onnx_export() or table.device.type == "cpu":
-        samples = table.index_select(0, index.view(index.numel()))
-        samples = samples.view(*index.shape, table.shape[1])
+        samples = table.index_select(0, index.view(-1)).view(-1, 4, table.shape[1])
         cols = (samples * weights.to(table.dtype).unsqueeze(-1)).sum(1)
     else:
         # CUDA's embedding_bag has no bfloat16 backward for per-sample weights: off the CPU
@@ -464,7 +459,7 @@ def _reference_conv(
             index, table.to(gather), per_sample_weights=weights.to(gather), mode="sum"
         )
         cols = cols.to(table.dtype)
-    cols = cols.view(rows, channels)
+    cols = cols.view(-1, matrix.shape[0])
     return cols @ matrix if bias is None else torch.addmm(bias, cols, matrix)
 
 
