@@ -40,7 +40,14 @@ from torch.nn.modules.utils import _pair
 from torch.nn.parameter import UninitializedParameter
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .sampling import Backend, check_backend, deform_conv2d, resolve_backend, sampled_conv2d
+from .sampling import (
+    Backend,
+    affine_positions,
+    affine_sampled_conv2d,
+    check_backend,
+    deform_conv2d,
+    resolve_backend,
+)
 from .validation import check_choice, check_divisible, check_positive
 
 IntPair = Union[int, tuple[int, int]]
@@ -166,36 +173,33 @@ class DCKGeometry(nn.Module):
         shift, scale = self.position_parameters(x)
         return structured_offsets(shift, scale, *self._taps(radius, x.device, shift.dtype))
 
-    def sample_positions(
-        self, x: Tensor, radius: Optional[tuple[int, int]] = None
-    ) -> tuple[Tensor, Tensor]:
-        """Input coordinates ``p + t + s · p_k`` of every kept tap: ``(y, x) [B, 1, K, H_out, W_out]``.
+    def _affine_positions(
+        self, x: Tensor, radius: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(base, step, taps)`` of the positions ``p + t + s · p_k``: ``base = p + t`` and
+        ``step = s`` ``[B, 2, H_out, W_out]`` (``y, x``), ``taps = p_k`` ``[K, 2]``.
 
         ``p`` is the centre of the full kernel's window at each output position (pixel
         centres at integers), so the cropped kernel keeps the full kernel's output grid.
         """
-        radius = radius or self.crop_radius()
         shift, scale = self.position_parameters(x)
         dtype = torch.promote_types(shift.dtype, torch.float32)  # positions in float32 at least
         shift, scale = shift.to(dtype), scale.to(dtype)
         out_h, out_w = shift.shape[-2:]
-        taps = self._taps(radius, x.device, shift.dtype)
-        positions = []
-        for axis, size in enumerate((out_h, out_w)):
-            k, s, p, d = (
-                self.kernel_size[axis],
-                self.stride[axis],
-                self.padding[axis],
-                self.dilation[axis],
+        centres = [
+            torch.arange(size, device=x.device, dtype=dtype) * s + (d * (k - 1) // 2 - p)
+            for size, k, s, p, d in zip(
+                (out_h, out_w), self.kernel_size, self.stride, self.padding, self.dilation
             )
-            centre = torch.arange(size, device=x.device, dtype=shift.dtype) * s + (
-                d * (k - 1) // 2 - p
-            )
-            centre = centre.view(size, 1) if axis == 0 else centre
-            base = (shift[:, axis] + centre).unsqueeze(1)  # [B, 1, H_out, W_out]
-            step = scale[:, axis].unsqueeze(1)
-            positions.append(torch.addcmul(base, step, taps[axis].view(-1, 1, 1)).unsqueeze(1))
-        return positions[0], positions[1]
+        ]
+        base = shift + torch.stack(torch.meshgrid(*centres, indexing="ij"))
+        return base, scale, torch.stack(self._taps(radius, x.device, dtype), dim=1)
+
+    def sample_positions(
+        self, x: Tensor, radius: Optional[tuple[int, int]] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Input coordinates ``p + t + s · p_k`` of every kept tap: ``(y, x) [B, 1, K, H_out, W_out]``."""
+        return affine_positions(*self._affine_positions(x, radius or self.crop_radius()))
 
     def conv(self, x: Tensor, weight: Tensor, radius: tuple[int, int]) -> Tensor:
         """The convolution of ``x`` with the kept taps' kernel ``weight [O, C/groups, 2·r_y+1, 2·r_x+1]``:
@@ -214,8 +218,8 @@ class DCKGeometry(nn.Module):
                 self.groups,
             )
         if resolve_backend(self.backend, x) == "torch":
-            y, x_positions = self.sample_positions(x, radius)
-            return sampled_conv2d(x, y, x_positions, weight, self.bias)
+            base, step, taps = self._affine_positions(x, radius)
+            return affine_sampled_conv2d(x, base, step, taps, weight, self.bias)
         offset = self.offsets(x, radius)
         inner = pad_or_crop(x, tuple(min(p, 0) for p in padding))
         return deform_conv2d(

@@ -375,9 +375,79 @@ def sampled_conv2d(
     sample's neighbours once for all its channels; wider inputs by :func:`sampled_matmul`,
     whose cost per sample is higher but whose cost per channel is a fraction of grid_sample's.
     """
-    batch, in_channels, height, width = input.shape
-    out_channels = weight.shape[0]
-    offset_groups, _, out_h, out_w = y.shape[1:]
+
+    def grid(height: int, width: int) -> Tensor:
+        scale, shift = _grid_transform(height, width, y)
+        # (x, y) pixels -> grid_sample's [-1, 1]; in place on the fresh stack (autograd-safe).
+        grid = torch.stack((x, y), dim=-1).mul_(scale).add_(shift)
+        return grid.view(-1, y.shape[2] * y.shape[3], y.shape[4], 2)
+
+    return _sampled_conv(input, weight, bias, y.shape[1], lambda: (y, x), grid, mask)
+
+
+def affine_positions(base: Tensor, step: Tensor, taps: Tensor) -> tuple[Tensor, Tensor]:
+    """``(y, x) = base + step · p_k`` for every tap: ``[B, 1, K, out_h, out_w]`` each.
+
+    Args:
+        base, step (Tensor[B, 2, out_h, out_w]): per output position, ``(y, x)`` channels.
+        taps (Tensor[K, 2]): the tap positions ``p_k``, ``(y, x)``.
+    """
+    taps = taps.to(base.dtype)
+    return tuple(
+        torch.addcmul(
+            base[:, axis, None], step[:, axis, None], taps[:, axis, None, None]
+        ).unsqueeze(1)
+        for axis in (0, 1)
+    )
+
+
+def affine_sampled_conv2d(
+    input: Tensor,
+    base: Tensor,
+    step: Tensor,
+    taps: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+) -> Tensor:
+    """:func:`sampled_conv2d` at positions ``base + step · p_k`` (:func:`affine_positions`):
+    every output position samples an affine copy of the tap grid, as the DCK's
+    ``p + t + s · p_k`` does. The positions are never stored per sample on the way to
+    grid_sample: its grid is one broadcast ``base' + step' · p_k`` with the pixel-to-grid
+    transform folded into the per-position ``base'`` and ``step'``."""
+
+    def grid(height: int, width: int) -> Tensor:
+        scale, shift = _grid_transform(height, width, base)
+        # [B, out_h, out_w, (x, y)], small: per output position, not per sample.
+        base_xy = (base.flip(1).permute(0, 2, 3, 1) * scale + shift).contiguous()
+        step_xy = (step.flip(1).permute(0, 2, 3, 1) * scale).contiguous()
+        taps_xy = taps.flip(1).to(base.dtype).view(-1, 1, 1, 2)
+        grid = torch.addcmul(base_xy.unsqueeze(1), step_xy.unsqueeze(1), taps_xy)
+        return grid.view(base.shape[0], -1, base.shape[3], 2)  # [B, K·out_h, out_w, 2]
+
+    return _sampled_conv(
+        input, weight, bias, 1, lambda: affine_positions(base, step, taps), grid, None
+    )
+
+
+def _grid_transform(height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` taking ``(x, y)`` pixel coordinates to grid_sample's ``[-1, 1]``
+    (``align_corners=False``: pixel centres at ``(2·p + 1) / size − 1``)."""
+    scale = torch.tensor((2 / width, 2 / height), dtype=like.dtype, device=like.device)
+    shift = torch.tensor((1 / width - 1, 1 / height - 1), dtype=like.dtype, device=like.device)
+    return scale, shift
+
+
+def _sampled_conv(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    offset_groups: int,
+    positions,
+    grid,
+    mask: Optional[Tensor],
+) -> Tensor:
+    """Run the path of :func:`sampled_conv2d` for this input: ``positions()`` gives the
+    ``(y, x)`` of every sample, ``grid(height, width)`` grid_sample's grid of them."""
     dtype = torch.promote_types(input.dtype, weight.dtype)
     if torch.is_autocast_enabled(input.device.type):
         dtype = torch.get_autocast_dtype(input.device.type)
@@ -387,19 +457,20 @@ def sampled_conv2d(
     with torch.autocast(input.device.type, enabled=False):
         input, weight = input.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
-        if not _fused_cpu_path(input) or batch == 0:
-            out = _reference_conv(input, y, x, weight, bias, mask)
-        elif in_channels // offset_groups <= GRID_SAMPLE_MAX_CHANNELS:
-            out = _grid_sample_conv(input, y, x, weight, bias, mask)
+        if not _fused_cpu_path(input) or input.shape[0] == 0:
+            out = _reference_conv(input, *positions(), weight, bias, mask)
+        elif input.shape[1] // offset_groups <= GRID_SAMPLE_MAX_CHANNELS:
+            out = _grid_sample_conv(input, grid(*input.shape[-2:]), weight, bias, mask)
         else:
-            out = _table_conv(input, y, x, weight, bias, mask)
-    out = out.view(-1, out_h, out_w, out_channels).permute(0, 3, 1, 2)
-    return out if channels_last else out.contiguous()
+            out = _table_conv(input, *positions(), weight, bias, mask)
+    return out.contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
 
 
 # CPU inputs with at most this many channels per offset group are sampled by grid_sample
-# (measured crossover with the table path: between 16 and 32 channels, batch 32, 32×32, k=3).
-GRID_SAMPLE_MAX_CHANNELS = 16
+# (measured crossover with the table path: between 24 and 32 channels, k=3, 1 thread).
+GRID_SAMPLE_MAX_CHANNELS = 24
 
 
 def _fused_cpu_path(input: Tensor) -> bool:
@@ -460,13 +531,13 @@ def _reference_conv(
         )
         cols = cols.to(table.dtype)
     cols = cols.view(-1, matrix.shape[0])
-    return cols @ matrix if bias is None else torch.addmm(bias, cols, matrix)
+    out = cols @ matrix if bias is None else torch.addmm(bias, cols, matrix)
+    return out.view(-1, *y.shape[1:3], matrix.shape[1]).permute(0, 3, 1, 2)
 
 
 def _grid_sample_conv(
     input: Tensor,
-    y: Tensor,
-    x: Tensor,
+    grid: Tensor,
     weight: Tensor,
     bias: Optional[Tensor],
     mask: Optional[Tensor],
@@ -474,34 +545,33 @@ def _grid_sample_conv(
     """:func:`~torch.nn.functional.grid_sample` of every tap into ``cols [B, C·K, out_h·out_w]``
     (bilinear, zeros outside), then ``weight [O, C·K] @ cols`` per image (and group).
 
-    Returns ``[B · out_h · out_w, O]``, rows in the order of :func:`sampled_conv2d`'s output.
+    Args:
+        grid (Tensor[B·G, K·out_h, out_w, 2]): grid_sample's grid, taps major.
+
+    Returns:
+        Tensor[B, O, out_h, out_w]
     """
     batch, channels, height, width = input.shape
-    offset_groups, taps, out_h, out_w = y.shape[1:]
-    out_channels, channels_per_group = weight.shape[:2]
+    offset_groups = grid.shape[0] // max(batch, 1)
+    out_channels, channels_per_group, kh, kw = weight.shape
+    taps, out_w = kh * kw, grid.shape[2]
+    out_h = grid.shape[1] // taps
     groups = channels // channels_per_group
-    # Pixel coordinates to grid_sample's [-1, 1] (align_corners=False: pixel centres at
-    # (2·p + 1) / size − 1), x first.
-    grid = torch.stack(
-        (x * (2 / width) + (1 / width - 1), y * (2 / height) + (1 / height - 1)), dim=-1
-    ).to(input.dtype)
     cols = F.grid_sample(
-        input.reshape(batch * offset_groups, channels // offset_groups, height, width),
-        grid.view(batch * offset_groups, taps * out_h, out_w, 2),
+        input.reshape(-1, channels // offset_groups, height, width),
+        grid.to(input.dtype),
         mode="bilinear",
         padding_mode="zeros",
         align_corners=False,
     )
     if mask is not None:  # [B, G, C/G, K, ...] × [B, G, 1, K, ...]
-        cols = cols.view(batch, offset_groups, channels // offset_groups, taps, out_h * out_w)
-        cols = cols * mask.to(cols.dtype).view(batch, offset_groups, 1, taps, out_h * out_w)
+        cols = cols.view(-1, offset_groups, channels // offset_groups, taps, out_h * out_w)
+        cols = cols * mask.to(cols.dtype).view(-1, offset_groups, 1, taps, out_h * out_w)
     # Rows of cols in (channel, tap) order, the order of weight.view(O, C/groups · K).
-    cols = cols.reshape(batch, groups, channels_per_group * taps, out_h * out_w)
+    cols = cols.reshape(-1, groups, channels_per_group * taps, out_h * out_w)
     matrix = weight.reshape(groups, out_channels // groups, channels_per_group * taps)
-    out = torch.matmul(matrix, cols).view(batch, out_channels, out_h * out_w)
-    if bias is not None:
-        out = out + bias.view(out_channels, 1)
-    return out.transpose(1, 2).reshape(batch * out_h * out_w, out_channels)
+    out = torch.matmul(matrix, cols).view(-1, out_channels, out_h, out_w)
+    return out if bias is None else out + bias.view(out_channels, 1, 1)
 
 
 def _table_conv(
@@ -517,7 +587,8 @@ def _table_conv(
     table = padded_table(input, y.shape[1])
     matrix = im2col_weight(weight, input.shape[1] // weight.shape[1])
     y, x, mask = _rows_layout(input, y, x, mask)
-    return sampled_matmul(table, y, x, mask, matrix, bias, height, width)[0]
+    out = sampled_matmul(table, y, x, mask, matrix, bias, height, width)[0]
+    return out.view(-1, *y.shape[1:3], matrix.shape[1]).permute(0, 3, 1, 2)
 
 
 # Bytes of im2col rows the CPU op samples and multiplies at a time, per thread (about the

@@ -65,6 +65,9 @@ class BaseTask(pl.LightningModule):
             ``OneCycleLR``/``CyclicLR``).
         lr_scheduler_interval (str): step the scheduler every ``"epoch"`` (default) or every
             optimiser ``"step"`` (warm-up, ``OneCycleLR``; its length is then in steps).
+        compile (bool): run the model through :func:`torch.compile` (``nn.Module.compile``:
+            the state dict and checkpoints stay as they are). Opt-in: compiling takes minutes
+            on a CPU; see BENCHMARKS.md for what it gains.
     """
 
     monitor = "val/loss"
@@ -80,6 +83,7 @@ class BaseTask(pl.LightningModule):
         lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         check_choice("lr_scheduler_interval", lr_scheduler_interval, ("epoch", "step"))
@@ -89,6 +93,8 @@ class BaseTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.configure_models()
+        if compile:
+            self.model.compile()
         self.configure_losses()
         self.configure_metrics()
         self._backbone_name = self._find_backbone()

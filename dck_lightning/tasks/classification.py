@@ -38,7 +38,8 @@ class ClassificationTask(BaseTask):
         num_classes, in_channels: linked from the DataModule by the CLI.
         label_smoothing (float): label smoothing of the cross-entropy. Default: 0.
         class_names (list[str], optional): names for per-class metrics.
-        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval: see :class:`BaseTask`.
+        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval, compile: see
+            :class:`BaseTask`.
     """
 
     monitor = "val/acc"
@@ -59,6 +60,7 @@ class ClassificationTask(BaseTask):
         lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        compile: bool = False,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -69,6 +71,7 @@ class ClassificationTask(BaseTask):
             lr_scheduler=lr_scheduler,
             dynamic_lr_factor=dynamic_lr_factor,
             lr_scheduler_interval=lr_scheduler_interval,
+            compile=compile,
         )
 
     def configure_models(self) -> None:

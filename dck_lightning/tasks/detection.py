@@ -131,7 +131,8 @@ class DetectionTask(BaseTask):
             ``(96·s)²`` px² with ``s = √(H·W) / area_reference_size`` of the input images (512:
             on 128×128 inputs small is under 8² px², large over 24²). Default: COCO's
             ``32²`` / ``96²`` as they are.
-        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval: see :class:`BaseTask`.
+        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval, compile: see
+            :class:`BaseTask`.
     """
 
     monitor = "val/map_50"
@@ -161,6 +162,7 @@ class DetectionTask(BaseTask):
         lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        compile: bool = False,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -171,6 +173,7 @@ class DetectionTask(BaseTask):
             lr_scheduler=lr_scheduler,
             dynamic_lr_factor=dynamic_lr_factor,
             lr_scheduler_interval=lr_scheduler_interval,
+            compile=compile,
         )
 
     def configure_models(self) -> None:

@@ -107,7 +107,8 @@ class SegmentationTask(BaseTask):
             ``(96·s)²`` pixels with ``s = √(H·W) / area_reference_size`` of the evaluated masks
             (512: on 128×128 masks small is under 8² px², large over 24²). Default: COCO's
             ``32²`` / ``96²`` as they are.
-        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval: see :class:`BaseTask`.
+        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval, compile: see
+            :class:`BaseTask`.
     """
 
     monitor = "val/miou"
@@ -131,6 +132,7 @@ class SegmentationTask(BaseTask):
         lr_scheduler: Optional[LRSchedulerFactory] = None,
         dynamic_lr_factor: float = 1.0,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        compile: bool = False,
     ) -> None:
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -147,6 +149,7 @@ class SegmentationTask(BaseTask):
             lr_scheduler=lr_scheduler,
             dynamic_lr_factor=dynamic_lr_factor,
             lr_scheduler_interval=lr_scheduler_interval,
+            compile=compile,
         )
 
     # -- model, loss, metrics ----------------------------------------------------------------

@@ -21,11 +21,11 @@ from dck_lightning.layers import (
 from dck_lightning.models import SeedNet, create_classifier, list_backbones
 
 LAYERS = {
-    "dck adaptive torch (table)": lambda: DynamicConv2d(20, 8, 5, backend="torch"),
+    "dck adaptive torch (table)": lambda: DynamicConv2d(32, 8, 5, backend="torch"),
     "dck adaptive torch (grid_sample)": lambda: DynamicConv2d(4, 8, 5, backend="torch"),
     "dck adaptive torchvision": lambda: DynamicConv2d(4, 8, 5, backend="torchvision"),
     "dck static": lambda: DynamicConv2d(4, 8, 5, adaptive=False),
-    "deform torch (table)": lambda: DeformConv2d(20, 8, backend="torch"),
+    "deform torch (table)": lambda: DeformConv2d(32, 8, backend="torch"),
     "deform torch (grid_sample)": lambda: DeformConv2d(4, 8, offset_groups=2, backend="torch"),
     "deform torchvision": lambda: DeformConv2d(4, 8, backend="torchvision"),
     "conv block": lambda: ConvBlock(4, 4, conv="dynamic"),
@@ -39,7 +39,7 @@ LAYERS = {
 def test_every_layer_compiles_as_one_graph(name):
     torch.manual_seed(0)
     layer = LAYERS[name]()
-    channels = 20 if "table" in name else 4
+    channels = 32 if "table" in name else 4
     x = torch.randn(2, channels, 9, 9, requires_grad=True)
     expected = layer(x)
     (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
@@ -104,8 +104,8 @@ class NoHostReads:
 def test_a_forward_pass_never_reads_tensors_back_after_training_steps():
     """The crop follows the extent through optimiser steps, decided by the step's hook, so
     the forward passes in between read nothing back (on a GPU: no synchronisation)."""
-    assert 3 <= sampling.GRID_SAMPLE_MAX_CHANNELS < 20  # both CPU paths of the torch backend
-    model = nn.Sequential(DynamicConv2d(3, 20, 7), nn.ReLU(), DynamicConv2d(20, 4, 5))
+    assert 3 <= sampling.GRID_SAMPLE_MAX_CHANNELS < 32  # both CPU paths of the torch backend
+    model = nn.Sequential(DynamicConv2d(3, 32, 7), nn.ReLU(), DynamicConv2d(32, 4, 5))
     with torch.no_grad():
         model[0].extent.fill_(math.log(math.expm1(0.6)))  # cropped to 3×3 ...
     optimizer = torch.optim.Adam(model.parameters(), lr=0.2)
@@ -120,3 +120,15 @@ def test_a_forward_pass_never_reads_tensors_back_after_training_steps():
         optimizer.step()
         sizes.append(model[0].effective_kernel_size)
     assert sizes[-1][0] > 3, sizes
+
+
+def test_task_compile_option_compiles_the_model_and_keeps_its_checkpoint_keys():
+    from dck_lightning.tasks import ClassificationTask
+
+    backbone = {"class_path": "dcb_small", "init_args": {"widths": (8, 8, 16, 16)}}
+    plain = ClassificationTask(backbone=backbone, num_classes=3)
+    compiled = ClassificationTask(backbone=backbone, num_classes=3, compile=True)
+    assert compiled.model._compiled_call_impl is not None
+    assert plain.model._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert compiled.hparams.compile is True

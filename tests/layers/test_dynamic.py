@@ -83,19 +83,19 @@ def test_cropped_kernel_runs_the_smaller_conv(x, adaptive):
     small = layer.weight[:, :, 2:5, 2:5] * layer.receptive_field_mask((1, 1)).unsqueeze(1)
     expected = F.conv2d(x, small, layer.bias, padding=1)
     seen = []
-    conv2d, sampled_conv2d = F.conv2d, dynamic_module.sampled_conv2d
+    conv2d, sampled_conv2d = F.conv2d, dynamic_module.affine_sampled_conv2d
 
     def spy_conv(input, weight, *args, **kwargs):
         seen.append(("conv2d", tuple(weight.shape[-2:])))
         return conv2d(input, weight, *args, **kwargs)
 
-    def spy_sampled(input, y, x, weight, *args, **kwargs):
-        seen.append(("sampled_conv2d", tuple(weight.shape[-2:]), y.shape[2]))  # taps sampled
-        return sampled_conv2d(input, y, x, weight, *args, **kwargs)
+    def spy_sampled(input, base, step, taps, weight, *args, **kwargs):
+        seen.append(("sampled_conv2d", tuple(weight.shape[-2:]), taps.shape[0]))  # taps sampled
+        return sampled_conv2d(input, base, step, taps, weight, *args, **kwargs)
 
     with (
         mock.patch.object(dynamic_module.F, "conv2d", spy_conv),
-        mock.patch.object(dynamic_module, "sampled_conv2d", spy_sampled),
+        mock.patch.object(dynamic_module, "affine_sampled_conv2d", spy_sampled),
     ):
         out = layer(x)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
