@@ -11,9 +11,11 @@ For a trained run (or a folder of seeds of one configuration) this prints two ta
    interleaved in this process (``scripts/bench_utils.py``). Rows: the trained network as it
    runs (cropped DCKs); the same with its DCKs at their full window (never cropped); the same
    with every DCK a plain ``k × k`` convolution on the same output grid (``--kernels``, and
-   ``own``: each DCK's own window); and any ``--compare`` run (another trained
-   configuration, e.g. the plain twin of a sweep), measured the same way. The variants that
-   were not trained have no accuracy.
+   ``own``: each DCK's own window); any ``--compare`` run (another trained configuration, e.g.
+   the plain twin of a sweep), measured the same way; and, for inference only, the trained
+   network and the plain 3×3 one frozen by :func:`dck_lightning.deploy.freeze` (cropped
+   kernels and masks folded into plain weights, batch norms into the convolutions). The
+   variants that were not trained have no accuracy.
 
 Accuracy is the run's final test metric (``--metric``, default the task's monitor on the test
 set, e.g. ``test/acc``), mean ± std over the seeds of a folder of seeds.
@@ -47,7 +49,8 @@ from dck_lightning.analysis.cost import (
     with_full_windows,
     with_plain_kernels,
 )
-from dck_lightning.models import count_flops
+from dck_lightning.deploy import freeze
+from dck_lightning.models import count_flops, count_parameters
 
 BASELINE = "plain 3×3"
 
@@ -101,21 +104,37 @@ def extents_markdown(table: pd.DataFrame, batch: int) -> list[str]:
     return lines
 
 
-def measure(variants: dict, batch, args: argparse.Namespace) -> pd.DataFrame:
-    """Static costs and interleaved train/eval timings of every variant."""
-    table = cost_table(variants, batch).set_index("model")
-    size = batch[0].shape[0]
-    for mode, make in (("train", lambda t: TrainingStep(t, batch)), ("eval", None)):
-        steps = {
-            name: make(task) if make else eval_step(task, batch[0])
-            for name, task in variants.items()
-        }
+def measure(variants: dict, inference: dict, batch, args: argparse.Namespace) -> pd.DataFrame:
+    """Static costs and interleaved train/eval timings of every variant (``inference``
+    variants: FLOPs, parameters and eval timings only)."""
+    images, size = batch[0], batch[0].shape[0]
+    frozen = pd.DataFrame(
+        [
+            {
+                "model": name,
+                "gflops": count_flops(task, images) / 1e9,
+                "params": count_parameters(task),
+            }
+            for name, task in inference.items()
+        ]
+    )
+    table = pd.concat([cost_table(variants, batch), frozen]).set_index("model")
+    everything = {**variants, **inference}
+    for mode in ("train", "eval"):
+        if mode == "train":
+            steps = {name: TrainingStep(task, batch) for name, task in variants.items()}
+        else:
+            steps = {name: eval_step(task, images) for name, task in everything.items()}
         times = interleaved_times(steps, args.repeats, args.warmup)
-        for name in variants:
+        for name in steps:
             table.loc[name, f"{mode}_img_s"] = size / statistics.median(times[name].values())
             if BASELINE in times:
                 table.loc[name, f"{mode}_x_base"] = 1 / paired_ratio(times[name], times[BASELINE])
     return table
+
+
+def _number(value: float, spec: str) -> str:
+    return "—" if pd.isna(value) else format(value, spec)
 
 
 def cost_markdown(table: pd.DataFrame, accuracies: dict[str, str], batch: int) -> list[str]:
@@ -125,12 +144,18 @@ def cost_markdown(table: pd.DataFrame, accuracies: dict[str, str], batch: int) -
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in table.iterrows():
-        lines.append(
-            f"| {name} | {accuracies.get(name, '—')} | {row.gflops / batch:.4f} | "
-            f"{int(row.params):,} | {row.train_mib:.1f} | {row.train_img_s:.0f} | "
-            f"{row.get('train_x_base', float('nan')):.2f} | {row.eval_img_s:.0f} | "
-            f"{row.get('eval_x_base', float('nan')):.2f} |"
-        )
+        cells = [
+            name,
+            accuracies.get(name, "—"),
+            _number(row.gflops / batch, ".4f"),
+            _number(row.params, ",.0f"),
+            _number(row.get("train_mib"), ".1f"),
+            _number(row.get("train_img_s"), ".0f"),
+            _number(row.get("train_x_base"), ".2f"),
+            _number(row.get("eval_img_s"), ".0f"),
+            _number(row.get("eval_x_base"), ".2f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -183,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
         others = seed_runs(Path(path))
         variants[label] = load_task(others[0])
         accuracies[label] = accuracy(others, metric)
-    table = measure(variants, batch, args)
+    inference = {f"{args.label}, frozen (deploy.freeze)": freeze(trained)}
+    if BASELINE in variants:
+        inference[f"{BASELINE}, frozen"] = freeze(variants[BASELINE])
+    table = measure(variants, inference, batch, args)
     load_end = os.getloadavg()[0]
 
     flops = {run.name: count_flops(load_task(run), batch[0]) / size / 1e9 for run in runs}

@@ -184,5 +184,7 @@ def test_report_script_on_trained_runs(ablation_runs, tmp_path, capsys):
         assert f"| {row} |" in text
     assert "| static | 0." in text  # a trained configuration has its accuracy
     assert "| plain 11×11 | — |" in text  # an untrained variant has none
+    frozen = next(line for line in text.splitlines() if "frozen (deploy.freeze)" in line)
+    assert frozen.split(" | ")[4:7] == ["—", "—", "—"]  # inference only: no training columns
     assert "stages.2.0.dck.conv" in text and "stages.3.0.dck.conv" in text
     assert "Command: `python scripts/report_dck_cost.py" in capsys.readouterr().out
