@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+CLOCKS = {
+    # Elapsed time: what a user waits for.
+    "wall": time.perf_counter,
+    # CPU time of the calling thread: with one torch thread (every op runs in the caller,
+    # autograd's CPU backward too) the work done, not the time spent descheduled on a
+    # machine shared with other jobs. Meaningless with several threads.
+    "cpu": time.thread_time,
+}
+
+
+def add_clock_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this thread's CPU time (1 thread only; robust to "
+        "other jobs on a shared machine)",
+    )
 
 
 def write_section(path: Path, body: str, markers: tuple[str, str]) -> None:

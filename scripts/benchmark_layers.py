@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 import torchvision
-from bench_utils import interleaved_times, paired_ratio, write_section
+from bench_utils import CLOCKS, add_clock_argument, interleaved_times, paired_ratio, write_section
 from torch import nn
 
 from dck_lightning.layers import DeformConv2d, DynamicConv2d
@@ -57,13 +57,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fwd_bwd(layer: nn.Module, x: torch.Tensor) -> float:
+def time_fwd_bwd(
+    layer: nn.Module, x: torch.Tensor, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """Seconds of one ``layer(x).sum().backward()``."""
     _sync(x.device)
-    start = time.perf_counter()
+    start = clock()
     layer(x).sum().backward()
     _sync(x.device)
-    seconds = time.perf_counter() - start
+    seconds = clock() - start
     layer.zero_grad(set_to_none=True)
     x.grad = None
     return seconds
@@ -209,8 +211,10 @@ def run(args: argparse.Namespace) -> list[str]:
                 or any(s in name for s in args.only)
             ]
             layers = {name: make().to(device) for name, make in cases}
+            clock = CLOCKS[args.clock]
             steps = {
-                name: functools.partial(time_fwd_bwd, layer, x) for name, layer in layers.items()
+                name: functools.partial(time_fwd_bwd, layer, x, clock)
+                for name, layer in layers.items()
             }
             times = interleaved_times(
                 steps, args.repeats, args.warmup, args.budget, args.min_repeats
@@ -281,10 +285,13 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         help="time only the layers whose name contains one of these (and the baseline)",
     )
+    add_clock_argument(parser)
     parser.add_argument("--write", type=Path, help="update this markdown file's layer section")
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and (args.threads or [torch.get_num_threads()]) != [1]:
+        parser.error("--clock cpu measures one thread: give --threads 1")
     lines = [
-        f"Float32, {args.device}; forward+backward. The layers of one kernel size are timed "
+        f"Float32, {args.device}; forward+backward, {args.clock} time. The layers of one kernel size are timed "
         f"interleaved, round by round: ms is the median of {args.repeats} rounds after "
         f"{args.warmup} warm-up (layers slower than {args.budget:g} s a round: fewer rounds, at "
         f"least {args.min_repeats}, after one warm-up); × conv2d is the median over rounds of "

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
-from bench_utils import interleaved_times, paired_ratio, write_section
+from bench_utils import CLOCKS, add_clock_argument, interleaved_times, paired_ratio, write_section
 from torch import nn
 
 from dck_lightning.layers import DynamicConv2d
@@ -125,20 +125,26 @@ def groups() -> list[Group]:
 
 
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
-    start = time.perf_counter()
+    start = clock()
     optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     optimizer.step()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def eval_step(model: nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
+def eval_step(
+    model: nn.Module, x: torch.Tensor, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    start = clock()
     with torch.inference_mode():
         model(x)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def time_group(group: Group, args: argparse.Namespace) -> list[str]:
@@ -152,18 +158,19 @@ def time_group(group: Group, args: argparse.Namespace) -> list[str]:
             fresh = group.models[name]()
             variants[f"{name} [compiled]"] = torch.compile(fresh)
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-4) for name, m in variants.items()}
-    results = {}
+    results, clock = {}, CLOCKS[args.clock]
     for mode in ("train", "eval"):
         for model in variants.values():
             model.train(mode == "train")
         if mode == "train":
             steps = {
-                name: functools.partial(train_step, model, optimizers[name], x, y)
+                name: functools.partial(train_step, model, optimizers[name], x, y, clock)
                 for name, model in variants.items()
             }
         else:
             steps = {
-                name: functools.partial(eval_step, model, x) for name, model in variants.items()
+                name: functools.partial(eval_step, model, x, clock)
+                for name, model in variants.items()
             }
         if args.compile:  # compile (both modes) outside the timed rounds
             for name, step in steps.items():
@@ -233,10 +240,13 @@ def main(argv: list[str] | None = None) -> None:
         "--only", nargs="+", choices=[g.name for g in groups()], help="time only these groups"
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    add_clock_argument(parser)
     parser.add_argument("--write", type=Path, help="update this markdown file's model section")
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and (args.threads or [torch.get_num_threads()]) != [1]:
+        parser.error("--clock cpu measures one thread: give --threads 1")
     lines = [
-        "Float32, CPU. Training step: zero_grad + forward + cross-entropy + backward + Adam; "
+        f"Float32, CPU, {args.clock} time. Training step: zero_grad + forward + cross-entropy + backward + Adam; "
         "eval step: forward under inference_mode. The models of a group are timed interleaved, "
         f"round by round: ms is the median of {args.repeats} rounds after {args.warmup} warm-up; "
         "× twin is the median over rounds of the model's time over its plain twin's in the same "

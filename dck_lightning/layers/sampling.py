@@ -9,23 +9,26 @@ image), optionally modulates each sample by ``m_k`` and contracts with the weigh
 Backends:
 
 * ``"torchvision"`` — :func:`torchvision.ops.deform_conv2d` (its own CPU/CUDA kernels).
-* ``"torch"`` — pure PyTorch: the input read channels-last as a table of rows, each sample a
-  weighted sum of four rows (bilinear weights shared by all channels, the mask folded in),
-  i.e. the im2col matrix ``cols = S · table`` with ``S`` a sparse matrix of four non-zeros a
-  row, then one matrix multiply with the weight. On CPU the two steps run fused and chunked
-  with a hand-written backward of sparse-matrix products (:func:`sampled_matmul`, a
-  ``torch.library`` op, so that :func:`torch.compile` keeps it whole); elsewhere, and for
-  export (ONNX ``Gather``/``MatMul``, :func:`torch.export`, TorchScript tracing), the same
-  sums run through autograd. Runs in ``float16``/``bfloat16`` (and under
+* ``"torch"`` — pure PyTorch: every sample a weighted sum of four input pixels (bilinear
+  weights shared by all channels, the mask folded in) — the im2col matrix ``cols = S · table``
+  with ``S`` a sparse matrix of four non-zeros a row and ``table`` the input channels-last —
+  then one matrix multiply with the weight. On CPU one of two kernels runs: for inputs with
+  few channels per offset group, :func:`~torch.nn.functional.grid_sample` of every tap and a
+  batched matmul (its cost is per sample and channel); for wider ones :func:`sampled_matmul`,
+  fused and chunked with a hand-written backward of sparse-matrix products (its cost is per
+  sample; a ``torch.library`` op, so that :func:`torch.compile` keeps it whole). Elsewhere,
+  and for export (ONNX ``Gather``/``MatMul``, :func:`torch.export`, TorchScript tracing), the
+  same sums run through autograd. Runs in ``float16``/``bfloat16`` (and under
   :func:`torch.autocast`) and is 10–50× faster than torchvision's kernel on CPU.
 * ``"auto"`` — picks per device and dtype (see :func:`resolve_backend`).
 
 The backend is chosen per call, per layer (``backend=`` argument of the layers) or
 globally with :func:`set_default_backend` / the :func:`sampling_backend` context manager.
 
-The ``torch`` backend takes the sample positions themselves (:func:`sampled_conv2d`), so a
-layer whose positions have structure — the DCK's ``p + t + s · p_k`` — computes them directly
-instead of going through ``2·k²`` offset channels.
+The ``torch`` backend takes the sample positions themselves (:func:`sampled_conv2d`), and an
+affine copy of the tap grid per output position as three small tensors
+(:func:`affine_sampled_conv2d`: the DCK's ``p + t + s · p_k``) instead of ``2·k²`` offset
+channels.
 """
 
 from __future__ import annotations
