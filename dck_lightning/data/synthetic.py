@@ -62,8 +62,8 @@ def object_size_ranges(
         high = COCO_SIDE_THRESHOLDS[0] * image_size / 4
         raise ValueError(
             f"object_sizes need small objects of at least 4 px and large ones under half the "
-            f"image: with image_size {image_size} and area_reference_size {reference_size:g} the "
-            f"buckets split at {small:g} and {large:g} px; choose an area_reference_size above "
+            f"image: with image_size {image_size} and object_size_reference {reference_size:g} the "
+            f"buckets split at {small:g} and {large:g} px; choose an object_size_reference above "
             f"{low:g} and at most {high:g}"
         )
     return {"small": (1.0, small), "medium": (small, large), "large": (large, image_size / 2)}
@@ -261,9 +261,11 @@ class SyntheticShapesDataModule(BaseDataModule):
             :func:`object_size_ranges`), then its diameter in the bucket; ``min_size`` and
             ``max_size`` are then not used. ``["small"]`` makes every object small. Default:
             one range, ``[min_size, max_size]``.
-        area_reference_size: the image side COCO's buckets are scaled from for
+        object_size_reference: the image side COCO's buckets are scaled from for
             ``object_sizes`` (512: in a 128-px image small objects are under 8 px, large ones
-            over 24 px). Give the task the same value to log per-size metrics on these buckets.
+            over 24 px). Give the task's ``area_reference_size`` the same value to log per-size
+            metrics on these buckets (a name of its own, so that Lightning's check of equal
+            hyperparameter names in the task and the data never meets two defaults).
         augment: random horizontal flips of training batches (boxes and masks follow).
         normalize: normalise images with ``mean``/``std``.
         predict_dir: a folder of images for ``dck predict`` instead of the test set (see
@@ -293,7 +295,7 @@ class SyntheticShapesDataModule(BaseDataModule):
         noise_std: float = 6.0,
         shape_family: ShapeFamily = "regular",
         object_sizes: Optional[list[SizeBucket]] = None,
-        area_reference_size: int = 512,
+        object_size_reference: int = 512,
         augment: bool = True,
         normalize: bool = True,
         cache: bool = True,
@@ -324,7 +326,7 @@ class SyntheticShapesDataModule(BaseDataModule):
                     "give object_sizes or min_size/max_size, not both: object_sizes sets each "
                     "object's diameter range"
                 )
-            buckets = object_size_ranges(image_size, area_reference_size)
+            buckets = object_size_ranges(image_size, object_size_reference)
             size_ranges = [buckets[name] for name in object_sizes]
         self.task = task
         self.image_size = (image_size, image_size)

@@ -54,7 +54,7 @@ def data_overrides(config: dict, root: Path) -> list[str]:
             if config["data"]["init_args"].get("task", "classification") == "classification"
             else "64"
         )
-        return ["--data.init_args.image_size", size, "--data.init_args.num_train", "8",
+        return ["--data.init_args.image_size", size, "--data.init_args.num_train", "16",
                 "--data.init_args.num_val", "4", "--data.init_args.num_test", "4",
                 "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]  # fmt: skip
     folder = root / "data"
@@ -68,7 +68,7 @@ def data_overrides(config: dict, root: Path) -> list[str]:
         ids = [image.image_id for image in detection_images()]
         write_voc(folder, detection_images(), "2007", main_sets={"trainval": ids, "test": ids})
         write_voc(folder, detection_images(), "2012", main_sets={"trainval": ids},
-                  segmentation_sets={"train": ids[:2], "val": ids[2:], "trainval": ids})  # fmt: skip
+                  segmentation_sets={"train": ids[:3], "val": ids[3:], "trainval": ids})  # fmt: skip
         return ["--data.init_args.data_dir", str(folder), "--data.init_args.image_size", "64",
                 "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"]  # fmt: skip
     else:
@@ -103,9 +103,12 @@ def logged_lrs(run_dir: Path) -> dict[str, list[float]]:
 def test_every_config_fits_with_max_epochs_halved_and_doubled(config_file, factor, tmp_path):
     config = yaml.safe_load(config_file.read_text())
     epochs = max(1, round(config["trainer"]["max_epochs"] * factor))
+    per_step = config["model"]["init_args"].get("lr_scheduler_interval") == "step"
+    # A one-cycle warm-up of pct_start of the steps needs more than one step: 4 batches an epoch
+    batches = ["--trainer.limit_train_batches", "4"] if per_step else []
     cli = main([
         "fit", "-c", str(config_file), "--run.root", str(tmp_path / "runs"),
-        "--trainer.max_epochs", str(epochs), *COMMON,
+        "--trainer.max_epochs", str(epochs), *COMMON, *batches,
         *data_overrides(config, tmp_path), *model_overrides(config),
     ])  # fmt: skip
     assert cli.trainer.current_epoch == epochs

@@ -402,7 +402,7 @@ def test_object_size_ranges_scale_coco_buckets_to_the_image():
         "large": (24.0, 64.0),
     }
     assert object_size_ranges(256, 1024)["medium"] == (8.0, 24.0)  # the scale is side / reference
-    with pytest.raises(ValueError, match="area_reference_size above 192 and at most 256"):
+    with pytest.raises(ValueError, match="object_size_reference above 192 and at most 256"):
         object_size_ranges(32)  # small objects under 2 px
 
 
