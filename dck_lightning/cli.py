@@ -90,19 +90,33 @@ cli_presets.install()  # another backbone preset brings its own values, see the 
 DEFAULT_MODEL = {
     "class_path": "dck_lightning.tasks.ClassificationTask",
     "init_args": {
-        "backbone": {"class_path": "dck_lightning.models.dcb_small"},
-        # A multi-scale max-pooled head: small shapes on textured backgrounds are learned
-        # from the fine levels within a few epochs while the DCB stages catch up.
+        # ResNet-D shortcuts: with 1x1 strided ones the deep (DCB) stages read one pixel in
+        # four and their gradients hold the whole network back for epochs.
+        "backbone": {
+            "class_path": "dck_lightning.models.dcb_small",
+            "init_args": {"downsample": "avg"},
+        },
+        # A multi-scale max-pooled head: every stage's features, the fine ones learn first.
         "feature": "all",
         "pool": "max",
-        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.002}},
+        "optimizer": {
+            "class_path": "torch.optim.AdamW",
+            "init_args": {"lr": 0.003, "weight_decay": 0.05},
+        },
+        # One cycle per optimiser step (a 20 % warm-up, then cosine annealing): its length
+        # follows trainer.max_epochs.
+        "lr_scheduler": {
+            "class_path": "torch.optim.lr_scheduler.OneCycleLR",
+            "init_args": {"max_lr": 0.003, "pct_start": 0.2},
+        },
+        "lr_scheduler_interval": "step",
     },
 }
 DEFAULT_DATA = {
     "class_path": "dck_lightning.data.SyntheticShapesDataModule",
-    "init_args": {"task": "classification", "image_size": 32},
+    "init_args": {"task": "classification", "image_size": 32, "batch_size": 32},
 }
-TRAINER_DEFAULTS = {"max_epochs": 6, "log_every_n_steps": 10}
+TRAINER_DEFAULTS = {"max_epochs": 5, "log_every_n_steps": 10}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal, Optional
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
@@ -28,34 +29,68 @@ from ..layers.validation import check_choice
 FEATURE_NAMES = ("c2", "c3", "c4", "c5")
 
 
-def _basic_stage(in_channels: int, out_channels: int, depth: int, stride: int) -> nn.Sequential:
+Downsample = Literal["conv", "avg"]
+
+
+class AvgDownConv2d(nn.Conv2d):
+    """The shortcut of ResNet-D (He et al., *Bag of Tricks for Image Classification with
+    Convolutional Neural Networks*, CVPR 2019): a ``stride × stride`` average pool, then the
+    1×1 convolution, in place of a 1×1 convolution of stride 2 that reads one pixel in four.
+
+    It has the parameters of that strided convolution (``weight`` ``[out, in, 1, 1]``), so a
+    state dict loads either way. Odd sides round up, as the strided convolution's do.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=False)
+        self.pool = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.avg_pool2d(x, self.pool, self.pool, ceil_mode=True, count_include_pad=False)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, avg_pool={self.pool}"
+
+
+def _shortcut_conv(in_channels: int, out_channels: int, stride: int, kind: Downsample) -> nn.Conv2d:
+    if kind == "avg" and stride > 1:
+        return AvgDownConv2d(in_channels, out_channels, stride)
+    return nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+
+
+def _basic_stage(
+    in_channels: int, out_channels: int, depth: int, stride: int, downsample: Downsample
+) -> nn.Sequential:
     blocks = []
     for i in range(depth):
         block_in, block_stride = (in_channels, stride) if i == 0 else (out_channels, 1)
-        downsample = None
+        shortcut = None
         if block_stride != 1 or block_in != out_channels:
-            downsample = nn.Sequential(
-                nn.Conv2d(block_in, out_channels, 1, block_stride, bias=False),
+            shortcut = nn.Sequential(
+                _shortcut_conv(block_in, out_channels, block_stride, downsample),
                 nn.BatchNorm2d(out_channels),
             )
-        blocks.append(BasicBlock(block_in, out_channels, block_stride, downsample))
+        blocks.append(BasicBlock(block_in, out_channels, block_stride, shortcut))
     return nn.Sequential(*blocks)
 
 
 def _dcb_stage(
-    in_channels: int, out_channels: int, depth: int, stride: int, **dcb_kwargs
+    in_channels: int,
+    out_channels: int,
+    depth: int,
+    stride: int,
+    downsample: Downsample,
+    **dcb_kwargs,
 ) -> nn.Sequential:
-    return nn.Sequential(
-        *(
-            ResidualDCB(
-                in_channels if i == 0 else out_channels,
-                out_channels,
-                stride if i == 0 else 1,
-                **dcb_kwargs,
-            )
-            for i in range(depth)
-        )
-    )
+    blocks = []
+    for i in range(depth):
+        block_in, block_stride = (in_channels, stride) if i == 0 else (out_channels, 1)
+        block = ResidualDCB(block_in, out_channels, block_stride, **dcb_kwargs)
+        if downsample == "avg" and block_stride > 1:  # its 1×1 strided shortcut, ResNet-D style
+            block.shortcut[0] = AvgDownConv2d(block_in, out_channels, block_stride)
+        blocks.append(block)
+    return nn.Sequential(*blocks)
 
 
 def make_stem(in_channels: int, width: int, stem: str, stride: int) -> nn.Sequential:
@@ -103,6 +138,11 @@ class DCBNet(nn.Module):
         stem_width (int, optional): stem channels. Default: ``widths[0]``.
         stem_stride (int): 1, 2 or 4; feature strides are ``stem_stride × (1, 2, 4, 8)``.
         backend (str, optional): sampling backend of the DCK/deformable layers.
+        downsample (str): the shortcut of a block that halves the resolution: ``"conv"`` (a
+            1×1 convolution of stride 2, torchvision's ResNet) or ``"avg"`` (ResNet-D: 2×2
+            average pool, then the 1×1 convolution, see :class:`AvgDownConv2d`; the same
+            parameters). Reading every pixel, ``"avg"`` lets a multi-scale head learn from the
+            deep stages far sooner. Default: ``"conv"``.
 
     Attributes:
         out_channels (dict[str, int]), strides (dict[str, int]): per returned feature.
@@ -129,8 +169,10 @@ class DCBNet(nn.Module):
         stem_width: Optional[int] = None,
         stem_stride: int = 4,
         backend: Optional[Backend] = None,
+        downsample: Downsample = "conv",
     ) -> None:
         super().__init__()
+        check_choice("downsample", downsample, ("conv", "avg"))
         if len(widths) != 4 or len(depths) != 4:
             raise ValueError(
                 f"widths and depths need 4 entries (one per stage), got {widths} and {depths}"
@@ -158,9 +200,9 @@ class DCBNet(nn.Module):
         for index, (width, depth) in enumerate(zip(widths, depths), start=1):
             stride = 1 if index == 1 else 2
             if index in self.dcb_stages:
-                stages.append(_dcb_stage(previous, width, depth, stride, **dcb_kwargs))
+                stages.append(_dcb_stage(previous, width, depth, stride, downsample, **dcb_kwargs))
             else:
-                stages.append(_basic_stage(previous, width, depth, stride))
+                stages.append(_basic_stage(previous, width, depth, stride, downsample))
             previous = width
         self.stages = nn.ModuleList(stages)
         self.out_channels = dict(zip(FEATURE_NAMES, widths))

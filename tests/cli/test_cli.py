@@ -233,6 +233,7 @@ def test_print_config_shows_every_backbone_argument_with_its_default(capsys):
         "stem": "small", "stem_stride": 2, "dck": "adaptive", "deform": True, "gcm": True,
         "dck_kernel_size": 5, "center_constraint": [2.0, 2.0], "dck_init_extent": None,
         "stem_width": None, "backend": None,
+        "downsample": "avg",  # the embedded default's; the preset's is "conv"
     }  # fmt: skip
 
 

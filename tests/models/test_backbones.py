@@ -141,6 +141,7 @@ def test_presets_are_dcbnet_classes_with_their_values_as_defaults():
         "stem_width": None,
         "stem_stride": 2,
         "backend": None,
+        "downsample": "conv",
     }
     net = dcb_small(in_channels=1, dck="static")
     assert isinstance(net, DCBNet) and net.out_channels["c5"] == 128
@@ -252,3 +253,24 @@ def test_dck_init_extent_reaches_every_dck(dck):
         for m in (m for m in net.modules() if isinstance(m, DynamicConv2d)):
             assert torch.allclose(m.sigma, torch.tensor(float(max(m.kernel_size))))
     assert not any(isinstance(m, DynamicConv2d) for m in dcb_small(dck="off", **TINY).modules())
+
+
+def test_avg_downsample_reads_every_pixel_with_the_same_parameters(tmp_path):
+    """ResNet-D shortcuts: 2×2 average then 1×1 conv, in plain and DCB stages alike."""
+    from dck_lightning.models.backbone import AvgDownConv2d
+
+    conv, avg = create_backbone("dcb_small"), create_backbone("dcb_small", downsample="avg")
+    assert conv.state_dict().keys() == avg.state_dict().keys()
+    shortcuts = [avg.stages[1][0].downsample[0], avg.stages[2][0].shortcut[0]]
+    assert all(isinstance(m, AvgDownConv2d) for m in shortcuts)
+    avg.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 32, 9, 9)
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True), shortcuts[0].weight
+    )
+    torch.testing.assert_close(shortcuts[0](x), expected)
+    assert shortcuts[0](x).shape == conv.stages[1][0].downsample[0](x).shape == (2, 64, 5, 5)
+    features = avg(torch.randn(2, 3, 33, 33))
+    assert [f.shape[-1] for f in features.values()] == [17, 9, 5, 3]
+    with pytest.raises(ValueError, match="downsample must be one of"):
+        DCBNet(downsample="max")
