@@ -116,7 +116,7 @@ DEFAULT_DATA = {
     "class_path": "dck_lightning.data.SyntheticShapesDataModule",
     "init_args": {"task": "classification", "image_size": 32, "batch_size": 32},
 }
-TRAINER_DEFAULTS = {"max_epochs": 5, "log_every_n_steps": 10}
+TRAINER_DEFAULTS = {"max_epochs": 7, "log_every_n_steps": 10}
 
 
 @dataclass
