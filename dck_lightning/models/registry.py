@@ -204,9 +204,24 @@ def _resolve(spec: BackboneSpec) -> tuple[Callable[..., nn.Module], dict[str, An
         return _resolve(str(spec["class_path"]))[0], dict(spec.get("init_args") or {})
     if isinstance(spec, functools.partial) and not spec.args:
         return spec.func, dict(spec.keywords)
+    if _deferred_class(spec):
+        return spec.args[-1], dict(spec.keywords)
     if callable(spec):
         return spec, {}
     raise TypeError(f"backbone must be a preset name, a class_path spec or a class, got {spec!r}")
+
+
+def _deferred_class(spec: Any) -> bool:
+    """Whether ``spec`` is jsonargparse's deferred instantiation of a class,
+    ``partial(call_without_instantiate_context, instantiator, cls, **init_args)``: what a
+    class-returning callable argument becomes when Lightning re-parses a checkpoint's
+    hyperparameters (``load_from_checkpoint`` with the CLI's ``_instantiator``)."""
+    return (
+        isinstance(spec, functools.partial)
+        and getattr(spec.func, "__module__", "").startswith("jsonargparse")
+        and len(spec.args) == 2
+        and inspect.isclass(spec.args[-1])
+    )
 
 
 def _import_path(obj: Any) -> str:

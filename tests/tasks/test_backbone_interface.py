@@ -62,6 +62,31 @@ def test_seednet_is_the_backbone_of_its_task():
     assert task.hparams.backbone["class_path"] == "dck_lightning.models.SeedNet"
 
 
+@pytest.mark.parametrize("backbone", ["SeedNet", "dcb_resnet18"])
+def test_a_checkpoint_loads_as_lightning_reparses_its_hyperparameters(tmp_path, backbone):
+    """load_from_checkpoint of a CLI run re-parses the hyperparameters with LightningCLI's
+    instantiate_module; jsonargparse then hands the backbone over as a deferred class
+    (``partial(call_without_instantiate_context, instantiator, cls, **init_args)``): SeedNet
+    was built as a backbone and wrapped in a classifier head (AttributeError)."""
+    from pytorch_lightning.cli import instantiate_module
+
+    init_args = {"adaptive": False} if backbone == "SeedNet" else TINY
+    spec = {"class_path": backbone, "init_args": init_args}
+    config = {"backbone": spec, "num_classes": 10, "in_channels": 1}
+    task = instantiate_module(ClassificationTask, config)
+    assert task.hparams.backbone["class_path"].endswith(backbone)  # recorded as a dict again
+    if backbone == "SeedNet":
+        assert isinstance(task.model, SeedNet) and task.model.features[0].localization is None
+    else:
+        assert isinstance(task.backbone, DCBNet) and task.backbone.out_channels["c5"] == 32
+    task._instantiator = "pytorch_lightning.cli.instantiate_module"  # as LightningCLI sets it
+    trainer = _trainer(tmp_path)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "task.ckpt")
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "task.ckpt")
+    torch.testing.assert_close(loaded.state_dict(), task.state_dict())
+
+
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
     options = dict(
         max_epochs=1,
