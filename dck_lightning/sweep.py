@@ -550,7 +550,9 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def write_report(spec: SweepSpec, runs: Sequence[PlannedRun], jobs: int) -> Path:
     """``sweep.csv``, ``sweep.md`` (and ``sweep.png``) in the sweep folder; returns ``sweep.md``."""
-    from .analysis import load_runs, plot_ablation
+    import matplotlib.pyplot as plt
+
+    from .analysis import plot_sweep
 
     table, per_run, metric = summarise(spec, runs)
     folder = spec.folder
@@ -559,14 +561,14 @@ def write_report(spec: SweepSpec, runs: Sequence[PlannedRun], jobs: int) -> Path
     per_run.to_csv(folder / "sweep_runs.csv", index=False)
     plot = ""
     finished = per_run[per_run["state"] == FINISHED]
-    if len(finished):
-        loaded = load_runs(folder)
-        finished_dirs = {str(Path(d).resolve()) for d in finished["run_dir"]}
-        loaded = loaded[loaded["run_dir"].map(lambda d: str(Path(d).resolve()) in finished_dirs)]
-        if f"final/{metric}" in loaded.columns and len(loaded):
-            figure = plot_ablation(loaded, "run.name", f"final/{metric}")
-            figure.savefig(folder / "sweep.png", dpi=110, bbox_inches="tight")
-            plot = "\n![the metric per combination, one dot per seed](sweep.png)\n"
+    if pd.to_numeric(finished[metric], errors="coerce").notna().any():
+        figure = plot_sweep(table, per_run, metric)
+        figure.savefig(folder / "sweep.png", dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        plot = (
+            "\n![the metric per combination (one dot per seed, mean and 95 % interval) and "
+            "against training images/s](sweep.png)\n"
+        )
     display = table.copy()
     display.insert(0, "combination", display.pop("combination"))
     codes = sorted({c for v in per_run["code"].dropna() for c in v.split()})

@@ -42,6 +42,14 @@ def write_section(path: Path, body: str, markers: tuple[str, str]) -> None:
     path.write_text(text)
 
 
+def publish(body: str, path: Path | None, section: str) -> None:
+    """Print ``body``; with ``path``, also put it into that Markdown file between the markers
+    ``<!-- section:start -->`` and ``<!-- section:end -->`` (:func:`write_section`)."""
+    print(body)
+    if path is not None:
+        write_section(path, body, (f"<!-- {section}:start -->", f"<!-- {section}:end -->"))
+
+
 def interleaved_times(
     steps: dict[str, Callable[[], float]],
     repeats: int,

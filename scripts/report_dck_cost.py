@@ -21,7 +21,7 @@ Accuracy is the run's final test metric (``--metric``, default the task's monito
 set, e.g. ``test/acc``), mean ± std over the seeds of a folder of seeds.
 
     python scripts/report_dck_cost.py runs/claim1_mnist/adaptive \\
-        --compare "plain twin=runs/claim1_mnist/plain" --data-dir DATA --batch 64
+        --compare "plain twin" runs/claim1_mnist/plain --data-dir DATA --batch 64
     python scripts/report_dck_cost.py RUN --write docs/RESULTS.md --section mnist_cost
 
 The load average is printed with the tables: the timings are ratios measured in one process,
@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
-from bench_utils import interleaved_times, paired_ratio, write_section
+from bench_utils import interleaved_times, paired_ratio, publish
 
 from dck_lightning.analysis import find_runs, load_datamodule, load_runs, load_task, sample_batch
 from dck_lightning.analysis.cost import (
@@ -167,8 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compare",
         action="append",
+        nargs=2,
         default=[],
-        metavar="LABEL=RUN",
+        metavar=("LABEL", "RUN"),
         help="another trained configuration (a run or a folder of seeds) to measure beside it",
     )
     parser.add_argument("--label", default="trained DCKs (cropped)", help="the run's row")
@@ -203,8 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             variants[f"plain {kernel}×{kernel}"] = with_plain_kernels(trained, int(kernel))
     accuracies = {args.label: accuracy(runs, metric)}
-    for item in args.compare:
-        label, _, path = item.partition("=")
+    for label, path in args.compare:
         others = seed_runs(Path(path))
         variants[label] = load_task(others[0])
         accuracies[label] = accuracy(others, metric)
@@ -235,14 +236,10 @@ def main(argv: list[str] | None = None) -> None:
         *cost_markdown(table, accuracies, size),
         "",
         "Command: `python scripts/report_dck_cost.py "
-        + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+        + shlex.join(argv if argv is not None else sys.argv[1:])
         + "`",
     ]
-    body = "\n".join(lines)
-    print(body)
-    if args.write:
-        markers = (f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->")
-        write_section(args.write, body, markers)
+    publish("\n".join(lines), args.write, args.section)
 
 
 if __name__ == "__main__":

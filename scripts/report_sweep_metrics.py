@@ -7,7 +7,8 @@ and writes one Markdown table: a row per combination, a column per metric (``mea
 over the seeds, :func:`dck_lightning.sweep.seed_statistics`), then the cost the sweep logged
 (parameters, GFLOPs per image, training images/s). With ``--baseline`` a second table gives,
 per combination, the difference to the baseline combination *of the same seed*, mean ± std
-over the seeds (a paired difference: both arms of a seed see the same data).
+over the seeds (a paired difference: both arms of a seed see the same data), for the metrics
+the baseline has.
 
     python scripts/report_sweep_metrics.py runs/claim2_shapes_detection \\
         --metrics test/map_50 test/map_small test/map_medium test/map_large "test/ap/*" \\
@@ -21,11 +22,12 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import shlex
 import sys
 from pathlib import Path
 
 import pandas as pd
-from bench_utils import write_section
+from bench_utils import publish
 
 from dck_lightning.analysis import load_runs
 from dck_lightning.sweep import FINISHED, STATUS_FILE, seed_statistics
@@ -95,6 +97,10 @@ def difference_table(
     base = runs[runs["combination"] == baseline].set_index("seed")
     if base.empty:
         raise SystemExit(f"--baseline {baseline!r} is not a combination of the sweep")
+    # the metrics the baseline has (a plain baseline logs no DCK extents)
+    metrics = [
+        m for m in metrics if pd.to_numeric(base.get(f"final/{m}"), errors="coerce").notna().any()
+    ]
     header = ["combination − " + baseline, "paired seeds", *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for combination, group in runs.groupby("combination", sort=False):
@@ -142,12 +148,8 @@ def main(argv: list[str] | None = None) -> None:
             *difference_table(runs, metrics, args.baseline, args.digits),
         ]
     arguments = argv if argv is not None else sys.argv[1:]
-    lines += ["", "Command: `python scripts/report_sweep_metrics.py " + " ".join(arguments) + "`"]
-    body = "\n".join(lines)
-    print(body)
-    if args.write:
-        markers = (f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->")
-        write_section(args.write, body, markers)
+    lines += ["", "Command: `python scripts/report_sweep_metrics.py " + shlex.join(arguments) + "`"]
+    publish("\n".join(lines), args.write, args.section)
 
 
 if __name__ == "__main__":

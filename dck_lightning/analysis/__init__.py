@@ -55,6 +55,7 @@ from .plots import (
     plot_position_fields,
     plot_predictions,
     plot_receptive_fields,
+    plot_sweep,
 )
 
 __all__ = [
@@ -85,6 +86,7 @@ __all__ = [
     "plot_position_fields",
     "plot_predictions",
     "plot_receptive_fields",
+    "plot_sweep",
     "position_fields",
     "predict",
     "receptive_field_table",

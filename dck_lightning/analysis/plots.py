@@ -4,6 +4,8 @@ Runs (tables from :func:`~.loading.load_runs`):
 
 - :func:`plot_learning_curves` — metrics against epochs, one line per run, coloured by a switch;
 - :func:`plot_ablation` / :func:`ablation_table` — a metric by config switch, mean ± std over seeds;
+- :func:`plot_sweep` — the result of ``dck sweep``: the metric per combination (seeds, mean and
+  95 % interval) and against training throughput;
 - :func:`plot_confusion_matrix`, :func:`plot_per_class` — per-class results of a test.
 
 Models (tasks from :func:`~.inspection.load_task`):
@@ -23,6 +25,7 @@ from typing import Any, Callable, Union
 
 import matplotlib
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import torch
@@ -49,6 +52,7 @@ __all__ = [
     "plot_position_fields",
     "plot_predictions",
     "plot_receptive_fields",
+    "plot_sweep",
 ]
 
 #: Class colours (RGB), cycled: matplotlib's tab10, then Dark2.
@@ -267,6 +271,66 @@ def plot_ablation(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="lower right")
     ax.set_title(f"{metric} by {table.index.name.rsplit('.', 1)[-1]}")
+    return fig
+
+
+def plot_sweep(summary: pd.DataFrame, per_run: pd.DataFrame, metric: str) -> Figure:
+    """The result of a ``dck sweep`` (its ``sweep.csv`` and ``sweep_runs.csv`` tables).
+
+    Left: the metric per combination, one dot per finished seed and the mean with its 95 %
+    interval (``ci95 low``/``ci95 high``: Student's t), the axis zoomed on the values (bars from
+    0 would hide differences of a few tenths of a percent). Right: the mean metric (and its
+    interval) against the median training images/s, log scale, one point per combination:
+    what each one gives for what it costs.
+    """
+    fig, axes = _figure(1, 2, (max(8.0, 1.1 * len(summary) + 6.0), 3.8))
+    left, right = axes[0]
+    names = list(summary["combination"])
+    mean = pd.to_numeric(summary[f"{metric} mean"], errors="coerce").to_numpy(float)
+    low = pd.to_numeric(summary["ci95 low"], errors="coerce").to_numpy(float)
+    high = pd.to_numeric(summary["ci95 high"], errors="coerce").to_numpy(float)
+    interval = np.nan_to_num(np.stack([mean - low, high - mean]))
+    finished = per_run[per_run["state"] == "finished"]
+    rng = np.random.default_rng(0)
+    for position, name in enumerate(names):
+        points = pd.to_numeric(
+            finished.loc[finished["combination"] == name, metric], errors="coerce"
+        ).dropna()
+        left.scatter(position + rng.uniform(-0.15, 0.15, len(points)), points, s=16,
+                     color="#8fb3d9", zorder=2, label="seeds" if position == 0 else None)  # fmt: skip
+    left.errorbar(range(len(names)), mean, yerr=interval, fmt="o", color="#1b3a57", capsize=6,
+                  zorder=3, label="mean, 95 % interval")  # fmt: skip
+    for position, value in enumerate(mean):
+        if not np.isnan(value):
+            left.annotate(f"{value:.4f}", (position, value), textcoords="offset points",
+                          xytext=(9, 0), va="center", fontsize=8)  # fmt: skip
+    counts = finished.groupby("combination").size()
+    left.set_xticks(range(len(names)), [f"{n}\n(n={int(counts.get(n, 0))})" for n in names],
+                    fontsize=8)  # fmt: skip
+    left.set_ylabel(metric)
+    left.margins(x=0.12, y=0.15)
+    left.grid(axis="y", alpha=0.3)
+    left.legend(fontsize="small")
+    left.set_title(f"{metric} per combination")
+
+    speed = pd.to_numeric(summary["train images/s"], errors="coerce").to_numpy(float)
+    shown = ~np.isnan(speed) & ~np.isnan(mean)
+    if shown.any():
+        right.errorbar(speed[shown], mean[shown], yerr=interval[:, shown], fmt="o",
+                       color="#1b3a57", capsize=4)  # fmt: skip
+        for name, x, y in zip(np.asarray(names)[shown], speed[shown], mean[shown]):
+            right.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        right.set_xscale("log")
+        right.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        right.margins(x=0.25, y=0.15)
+    else:
+        right.text(0.5, 0.5, "no training throughput logged", ha="center", va="center",
+                   transform=right.transAxes)  # fmt: skip
+    right.set_xlabel("training images/s (median over epochs and seeds)")
+    right.set_ylabel(metric)
+    right.grid(alpha=0.3)
+    right.set_title("what it gives for what it costs")
     return fig
 
 

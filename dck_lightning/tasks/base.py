@@ -33,7 +33,7 @@ from ..layers.validation import check_choice
 from ..models import DCBNet, count_flops, count_parameters
 from ..models.registry import CLASSIFIERS, BackboneSpec, backbone_config
 from ..models.weights import BACKBONE_PREFIX, WeightsReport, load_backbone_weights
-from .schedules import LRSchedulerFactory, build_scheduler
+from .schedules import LRSchedulerFactory, build_scheduler, check_resumed_length
 
 
 def recordable_backbone(spec: BackboneSpec) -> Any:
@@ -199,6 +199,14 @@ class BaseTask(pl.LightningModule):
         if self.hparams.get("backbone_weights") and self.trainer.ckpt_path is None:
             self.load_backbone_weights(self.hparams.backbone_weights)
         self.log_model_size()
+
+    def on_train_start(self) -> None:
+        # After the checkpoint's scheduler state is restored: its length must still follow the
+        # trainer.
+        if self.trainer.ckpt_path is None or self.scheduler_factory is None:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            check_resumed_length(self.scheduler_factory, config.scheduler, self.scheduler_steps())
 
     def log_model_size(self) -> None:
         """Print the parameters and GFLOPs per image, and log them (``model/parameters``,

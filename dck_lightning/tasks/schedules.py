@@ -43,6 +43,7 @@ __all__ = [
     "PER_GROUP_ARGUMENTS",
     "LRSchedulerFactory",
     "build_scheduler",
+    "check_resumed_length",
     "scheduler_class",
 ]
 
@@ -129,3 +130,27 @@ def build_scheduler(
         if isinstance(value, (int, float)) and any(f != 1.0 for f in group_factors):
             overrides[argument] = [value * factor for factor in group_factors]
     return factory(optimizer, **overrides)
+
+
+def check_resumed_length(factory: Callable[..., Any], scheduler: Any, steps: int) -> None:
+    """Stop a resumed fit whose schedule length no longer follows the trainer.
+
+    A checkpoint restores the scheduler with the length of the run that saved it: resumed with
+    another ``trainer.max_epochs`` (or limits), ``OneCycleLR`` would stop with torch's "Tried to
+    step N times", and cosine or polynomial schedules would silently run past their end. A
+    length given in ``factory`` (the user's own) is not checked.
+
+    Raises:
+        ValueError: a length argument of ``scheduler`` differs from ``steps``, naming both.
+    """
+    given = _given(factory)
+    for name in LENGTH_ARGUMENTS:
+        restored = getattr(scheduler, name, None)
+        if given.get(name) is None and isinstance(restored, int) and restored != steps:
+            raise ValueError(
+                f"the checkpoint's {type(scheduler).__name__} runs {name}={restored} scheduler "
+                f"steps, but this fit needs {steps}: its length follows trainer.max_epochs (and "
+                "the batch limits), which differ from the run that saved it. Resume with the "
+                "first run's trainer settings, or start a new run from the checkpoint's weights "
+                "(--model.init_args.backbone_weights CKPT) with the longer schedule."
+            )

@@ -29,6 +29,7 @@ def tiny_args(root: Path, *extra: str, **model_kwargs: object) -> list[str]:
         "--trainer.max_epochs", str(EPOCHS),
         "--trainer.limit_train_batches", "2",
         "--trainer.limit_val_batches", "1",
+        "--trainer.log_every_n_steps", "1",  # the default's one-cycle lr is logged per step
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--model.init_args.backbone.init_args", json.dumps({**TINY_MODEL, **model_kwargs}),

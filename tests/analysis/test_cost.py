@@ -159,7 +159,8 @@ def test_report_script_on_trained_runs(ablation_runs, tmp_path, capsys):
         [
             str(ablation_runs[0]),
             "--compare",
-            f"static={ablation_runs[2]}",
+            "static",
+            str(ablation_runs[2]),
             "--kernels",
             "3",
             "11",
@@ -188,3 +189,27 @@ def test_report_script_on_trained_runs(ablation_runs, tmp_path, capsys):
     assert frozen.split(" | ")[4:7] == ["—", "—", "—"]  # inference only: no training columns
     assert "stages.2.0.dck.conv" in text and "stages.3.0.dck.conv" in text
     assert "Command: `python scripts/report_dck_cost.py" in capsys.readouterr().out
+
+
+def test_a_seednet_checkpoint_loads_back_as_seednet(tmp_path):
+    """load_task of a run whose backbone is a whole classifier (SeedNet): jsonargparse hands
+    the task its class wrapped in its own instantiation partial, which must still read as a
+    classifier (it was built as a DCBNet backbone + head and failed)."""
+    import importlib.util
+
+    from dck_lightning.analysis import load_task
+    from dck_lightning.cli import main
+
+    spec = importlib.util.spec_from_file_location("data_fixtures", REPO / "tests/data/conftest.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    fixtures.write_mnist(tmp_path / "data")
+    args = ["fit", "-c", str(REPO / "configs" / "mnist_seed.yaml"), "--run.root", str(tmp_path),
+            "--data.init_args.data_dir", str(tmp_path / "data"), "--data.init_args.batch_size", "4",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+            "--run.wandb", "disabled", "--model.init_args.backbone.init_args.adaptive", "false"]  # fmt: skip
+    run_dir = Path(main(args).run_dir)
+    task = load_task(run_dir)
+    assert isinstance(task.model, SeedNet)
+    assert not task.model.features[0].adaptive

@@ -120,9 +120,9 @@ def test_history_one_row_per_step_with_epochs(ablation_runs):
     # Validation and training epoch-end values of a step are merged into one row.
     assert per_epoch["train/loss_epoch"].notna().all()
     assert list(per_epoch["val/acc"]) == pytest.approx(csv_column(ablation_runs[0], "val/acc"))
-    # The lr monitor's row at the start of an epoch gets that epoch.
+    # The lr monitor's rows (one per step: the default's one-cycle steps per batch) get their epoch.
     lr = history.dropna(subset=["lr-AdamW/weights"])
-    assert list(lr["epoch"]) == [0, 1]
+    assert list(lr["epoch"]) == [0, 0, 1, 1]
     pd.testing.assert_frame_equal(load_history(ablation_runs[0] / "metrics.csv"), history)
     pd.testing.assert_frame_equal(load_history({"run_dir": str(ablation_runs[0])}), history)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -30,6 +31,7 @@ from dck_lightning.analysis import (
     plot_position_fields,
     plot_predictions,
     plot_receptive_fields,
+    plot_sweep,
     position_fields,
     predict,
     receptive_field_table,
@@ -111,6 +113,32 @@ def test_ablation(runs):
     assert len(two) == 5
     with pytest.raises(KeyError, match="no column"):
         plot_ablation(runs, "model.init_args.backbone.init_args.nope")
+
+
+def test_sweep_plot_zooms_on_the_seeds_and_sets_them_against_throughput():
+    """plot_sweep: a dot per finished seed, the mean and its 95 % interval per combination on a
+    zoomed axis (0.97-0.99 values: 0 not shown), the means against training images/s (log)."""
+    per_run = pd.DataFrame({
+        "combination": ["a", "b", "a", "b", "a", "b"], "seed": [1, 1, 2, 2, 3, 3],
+        "state": ["finished"] * 5 + ["failed"], "test/acc": [0.98, 0.97, 0.982, 0.972, 0.981, None],
+    })  # fmt: skip
+    summary = pd.DataFrame({
+        "combination": ["a", "b"], "test/acc mean": [0.981, 0.971], "ci95 low": [0.9785, 0.958],
+        "ci95 high": [0.9835, 0.984], "train images/s": [140.0, 540.0],
+    })  # fmt: skip
+    fig = plot_sweep(summary, per_run, "test/acc")
+    left, right = fig.axes
+    dots = [c for c in left.collections if isinstance(c, PathCollection)]  # the scatters
+    assert sum(len(c.get_offsets()) for c in dots) == 5  # the failed seed has no dot
+    assert left.get_ylim()[0] > 0.9 and left.get_ylim()[1] < 1.0
+    assert [t.get_text() for t in left.get_xticklabels()] == ["a\n(n=3)", "b\n(n=2)"]
+    _, _, (bars,) = left.containers[0]  # the errorbar: mean point, caps, interval segments
+    intervals = [value for segment in bars.get_segments() for value in segment[:, 1]]
+    assert intervals == pytest.approx([0.9785, 0.9835, 0.958, 0.984])
+    assert right.get_xscale() == "log" and {t.get_text() for t in right.texts} == {"a", "b"}
+    empty = plot_sweep(summary.assign(**{"train images/s": float("nan")}), per_run, "test/acc")
+    assert "no training throughput" in empty.axes[1].texts[0].get_text()
+    plt.close("all")
 
 
 def test_confusion_matrix_and_per_class():

@@ -134,14 +134,15 @@ def test_run_folders_are_never_reused(tmp_path):
 
 
 def test_resume_into_the_same_run_keeps_the_first_config(tmp_path):
-    main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled")])
+    constant_lr = ("--run.wandb", "disabled", "--model.init_args.lr_scheduler", "null")
+    main(["fit", *tiny_args(tmp_path, *constant_lr)])
     run_dir = tmp_path / "default" / "version_0"
     first_config = (run_dir / "config.yaml").read_text()
     first_rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
     main(
         [
             "fit",
-            *tiny_args(tmp_path, "--run.wandb", "disabled", "--trainer.max_epochs", "2"),
+            *tiny_args(tmp_path, *constant_lr, "--trainer.max_epochs", "2"),
             "--ckpt_path",
             str(run_dir / "checkpoints" / "last.ckpt"),
         ]
@@ -151,6 +152,16 @@ def test_resume_into_the_same_run_keeps_the_first_config(tmp_path):
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
     assert len(rows) > len(first_rows)  # the first part's metrics are kept, the second's appended
     assert not (tmp_path / "default" / "version_1").exists()
+
+
+def test_resuming_with_another_schedule_length_names_both_lengths(tmp_path):
+    """The default's one-cycle schedule ran 2 steps; resumed for 2 epochs it would need 4."""
+    main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled")])
+    last = tmp_path / "default" / "version_0" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"OneCycleLR runs total_steps=2 .* needs 4"):
+        main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled", "--trainer.max_epochs", "2"),
+              "--ckpt_path", str(last)])  # fmt: skip
+    assert last.is_file()  # the checkpoint is left as it was
 
 
 @pytest.mark.parametrize(
