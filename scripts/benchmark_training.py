@@ -19,12 +19,10 @@ digits in the same IDX format.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import platform
 import shutil
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -33,23 +31,15 @@ from unittest import mock
 
 import numpy as np
 import torch
+from bench_utils import write_section
+
+from dck_lightning.callbacks import EpochThroughput
+from dck_lightning.cli import main as dck
+from dck_lightning.data import MNISTDataModule, write_idx
+from dck_lightning.models import SeedNet
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from bench_utils import write_section  # noqa: E402
-
-from dck_lightning.callbacks import EpochThroughput  # noqa: E402
-from dck_lightning.cli import main as dck  # noqa: E402
-from dck_lightning.data import MNISTDataModule  # noqa: E402
-from dck_lightning.models import SeedNet  # noqa: E402
-
 SECTION = ("<!-- benchmark_training:start -->", "<!-- benchmark_training:end -->")
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def mnist_dir(root: Path) -> tuple[Path, str]:

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from benchmark_training import write_idx  # noqa: E402
+from dck_lightning.cli import main as dck
+from dck_lightning.data import read_idx, write_idx
 
-from dck_lightning.cli import main as dck  # noqa: E402
-from dck_lightning.data import read_idx  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def split_t10k(mnist_dir: Path, data_dir: Path, n_train: int = 8000) -> None:

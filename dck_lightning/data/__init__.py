@@ -24,7 +24,7 @@ from .batch_augment import (
 from .cifar import CIFAR10_CLASSES, CIFAR10DataModule, read_cifar_batches
 from .collate import detection_collate
 from .errors import DataNotFoundError, prepare_command
-from .idx import read_idx
+from .idx import read_idx, write_idx
 from .image_folder import ImageFolderDataModule, decode_images, load_image_folder
 from .mnist import MNIST_FILES, MNISTDataModule
 from .shapes import SHAPE_NAMES, RenderedShapes, render_shapes
@@ -59,6 +59,7 @@ __all__ = [
     "random_horizontal_flip",
     "read_cifar_batches",
     "read_idx",
+    "write_idx",
     "VOCDetectionDataModule",
     "VOCSegmentationDataModule",
     "render_shapes",

@@ -1,4 +1,4 @@
-"""Reader for the IDX format of the MNIST files, plain or gzip-compressed.
+"""Reader and writer for the IDX format of the MNIST files, plain or gzip-compressed.
 
 ``torchvision.datasets.mnist.read_sn3_pascalvincent_tensor`` only reads
 uncompressed files (torchvision decompresses the downloaded ``.gz`` files next
@@ -7,6 +7,9 @@ so a read-only directory holding only the ``.gz`` files loads as it is.
 
 Format (big-endian): two zero bytes, a type code, the number of dimensions
 ``n``, ``n`` 32-bit sizes, then the data.
+
+:func:`write_idx` writes the unsigned-byte files MNIST ships (type ``0x08``), for
+splits and fixtures made from other data (benchmarks, tests, scripts).
 """
 
 import gzip
@@ -17,7 +20,7 @@ from typing import Union
 import numpy as np
 import torch
 
-__all__ = ["read_idx"]
+__all__ = ["read_idx", "write_idx"]
 
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -64,3 +67,34 @@ def read_idx(path: Union[str, Path]) -> torch.Tensor:
         )
     array = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
+
+
+def write_idx(path: Union[str, Path], array: np.ndarray) -> Path:
+    """Write an array of values in ``[0, 255]`` as an unsigned-byte IDX file (type ``0x08``).
+
+    Args:
+        path: the file; gzip-compressed when its name ends in ``.gz`` (as MNIST ships them).
+            Missing parent folders are made.
+        array: ``[d0, d1, ...]`` of any integer dtype, e.g. ``[N, 28, 28]`` images or ``[N]``
+            labels; stored as ``uint8``.
+
+    Returns:
+        ``path``, which :func:`read_idx` reads back to ``array`` as ``uint8``.
+
+    Raises:
+        ValueError: a value lies outside ``[0, 255]`` (it would not survive the ``uint8``).
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(
+            f"{path}: IDX type 0x08 holds bytes, got values in [{array.min()}, {array.max()}]"
+        )
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    payload = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    payload += array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(payload) if path.name.endswith(".gz") else payload)
+    return path

@@ -9,10 +9,8 @@ Tests reach them through the ``data_files`` fixture (importing ``conftest`` by n
 ambiguous when other test folders have one too).
 """
 
-import gzip
 import os
 import pickle
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +19,8 @@ from typing import Optional
 import numpy as np
 import pytest
 from PIL import Image
+
+from dck_lightning.data import idx
 
 MNIST_TRAIN, MNIST_TEST = 20, 10
 CIFAR_PER_BATCH, CIFAR_TEST = 4, 6
@@ -34,17 +34,8 @@ def shared_data_dir() -> Optional[Path]:
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
-    """Write a ``uint8`` array in IDX format (gzip-compressed to ``path.gz`` when ``compress``)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    payload = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload += array.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(payload))
-    else:
-        path.write_bytes(payload)
-    return path
+    """The package's IDX writer, to ``path.gz`` (gzip-compressed) when ``compress``."""
+    return idx.write_idx(path.with_name(path.name + ".gz") if compress else path, array)
 
 
 def write_mnist(

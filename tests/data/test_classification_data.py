@@ -31,6 +31,7 @@ from dck_lightning.data import (
     random_horizontal_flip,
     read_idx,
     split_train_val,
+    write_idx,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +65,16 @@ def test_read_idx_rejects_garbage(tmp_path):
     (tmp_path / "short").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))
     with pytest.raises(ValueError, match="truncated"):
         read_idx(tmp_path / "short")
+
+
+def test_write_idx_gzips_by_name_and_rejects_values_beyond_a_byte(tmp_path):
+    """What the benchmark and evaluation scripts write: int64 digits, ``.gz`` as MNIST ships."""
+    digits = np.random.default_rng(1).integers(0, 256, (4, 28, 28))
+    path = write_idx(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz", digits)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    assert torch.equal(read_idx(path), torch.from_numpy(digits.astype(np.uint8)))
+    with pytest.raises(ValueError, match="labels.*holds bytes.*256"):
+        write_idx(tmp_path / "labels", np.array([0, 256]))
 
 
 def test_mnist_file_names_follow_torchvision():
