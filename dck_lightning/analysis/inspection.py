@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from .. import visualization
 from ..layers import DeformConv2d, DynamicConv2d
 from .loading import PathLike, find_checkpoint, load_config
 
@@ -329,22 +330,11 @@ def to_display(
     """Normalised images back to ``uint8[B, 3, H, W]`` (grey images repeated to RGB).
 
     ``mean``/``std`` default to the DataModule's (identity without one). A single image
-    ``[C, H, W]`` gives ``uint8[3, H, W]``.
+    ``[C, H, W]`` gives ``uint8[3, H, W]``. See :func:`dck_lightning.visualization.to_display`.
     """
-    single = images.dim() == 3
-    images = images[None] if single else images
-    channels = images.shape[1]
-    mean = mean if mean is not None else getattr(datamodule, "mean", None) or (0.0,) * channels
-    std = std if std is not None else getattr(datamodule, "std", None) or (1.0,) * channels
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    pixels = (
-        ((images.detach().float().cpu() * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
-    )
-    if pixels.shape[1] == 1:
-        pixels = pixels.expand(-1, 3, -1, -1)
-    pixels = pixels[:, :3].contiguous()
-    return pixels[0] if single else pixels
+    mean = mean if mean is not None else getattr(datamodule, "mean", None)
+    std = std if std is not None else getattr(datamodule, "std", None)
+    return visualization.to_display(images, mean, std)
 
 
 @torch.no_grad()

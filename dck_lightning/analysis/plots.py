@@ -13,8 +13,8 @@ Models (tasks from :func:`~.inspection.load_task`):
 - :func:`plot_receptive_fields` — σ and effective kernel size of every DCK layer, and its mask;
 - :func:`plot_position_fields` — centre shifts (arrows) and scales (colour) of every adaptive DCK,
   mean offsets and modulation of every deformable conv, over an input image;
-- :func:`plot_predictions` — predicted classes, boxes (``draw_bounding_boxes``) or masks
-  (``draw_segmentation_masks``), optionally beside the ground truth.
+- :func:`plot_predictions` — predicted classes, boxes or masks (drawn with
+  :mod:`dck_lightning.visualization`), optionally beside the ground truth.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor, nn
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from ..visualization import class_colour, class_name, draw_boxes, draw_class_map, enlarge
 from .inspection import LayerField, dck_layers, position_fields, to_display
 from .loading import load_history
 
@@ -54,13 +54,6 @@ __all__ = [
     "plot_receptive_fields",
     "plot_sweep",
 ]
-
-#: Class colours (RGB), cycled: matplotlib's tab10, then Dark2.
-PALETTE: tuple[tuple[int, int, int], ...] = tuple(
-    tuple(int(round(255 * c)) for c in matplotlib.colormaps[name](i)[:3])
-    for name, n in (("tab10", 10), ("Dark2", 8))
-    for i in range(n)
-)
 
 
 def _figure(
@@ -411,7 +404,7 @@ def plot_per_class(
     ax.bar(
         positions,
         series.fillna(0).values,
-        color=[np.array(PALETTE[i % len(PALETTE)]) / 255 for i in positions],
+        color=[np.array(class_colour(i)) / 255 for i in positions],
     )
     for position, value in zip(positions, series.values):
         ax.text(
@@ -652,19 +645,6 @@ def plot_position_fields(
     return fig
 
 
-def _name(names: Sequence[str] | None, label: int) -> str:
-    return names[label] if names is not None and 0 <= label < len(names) else str(label)
-
-
-def _enlarge(pixels: Tensor, min_side: int) -> tuple[Tensor, int]:
-    factor = max(1, math.ceil(min_side / min(pixels.shape[-2:])))
-    if factor > 1:
-        pixels = torch.nn.functional.interpolate(pixels[None], scale_factor=factor, mode="nearest")[
-            0
-        ]
-    return pixels, factor
-
-
 def _draw_one(
     pixels: Tensor,
     item: Any,
@@ -674,52 +654,24 @@ def _draw_one(
     ignore_index: int = 255,
 ) -> Tensor:
     """Boxes (dict with ``boxes``) or a class map (``Tensor[H, W]``) drawn on ``uint8[3, H, W]``."""
+    pixels, factor = enlarge(pixels, min_side)
     if isinstance(item, dict) and "boxes" in item:
-        pixels, factor = _enlarge(pixels, min_side)
         boxes = item["boxes"].detach().float().cpu().reshape(-1, 4)
         labels = item["labels"].detach().cpu().reshape(-1)
         scores = item.get("scores")
+        scores = None if scores is None else scores.detach().float().cpu().reshape(-1)
         keep = (
             torch.ones(len(labels), dtype=torch.bool)
             if scores is None
-            else scores.detach().cpu() >= score_threshold
+            else scores >= score_threshold
         )
-        boxes, labels = boxes[keep] * factor, labels[keep]
-        if len(boxes) == 0:
-            return pixels
-        texts = [
-            _name(names, int(lab)) + ("" if scores is None else f" {float(s):.2f}")
-            for lab, s in zip(labels, scores.detach().cpu()[keep] if scores is not None else labels)
-        ]
-        colours = [PALETTE[int(lab) % len(PALETTE)] for lab in labels]
-        return draw_bounding_boxes(
-            pixels,
-            boxes,
-            labels=texts,
-            colors=colours,
-            width=2,
-            fill_labels=True,
-            label_colors="white",
-        )
+        labels = labels[keep].tolist()
+        texts = [class_name(names, label) for label in labels]
+        if scores is not None:
+            texts = [f"{text} {float(score):.2f}" for text, score in zip(texts, scores[keep])]
+        return draw_boxes(pixels, boxes[keep] * factor, labels, texts)
     mask = item["mask"] if isinstance(item, dict) else item
-    mask = torch.as_tensor(mask).detach().cpu().long()
-    if mask.shape[-2:] != pixels.shape[-2:]:
-        mask = torch.nn.functional.interpolate(
-            mask[None, None].float(), size=pixels.shape[-2:], mode="nearest"
-        )[0, 0].long()
-    background = (
-        0 if names is not None and len(names) and str(names[0]).lower() == "background" else None
-    )
-    classes = [int(c) for c in mask.unique() if int(c) not in (ignore_index, background)]
-    pixels, factor = _enlarge(pixels, min_side)
-    if factor > 1:
-        mask = mask.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
-    if not classes:
-        return pixels
-    masks = torch.stack([mask == c for c in classes])
-    return draw_segmentation_masks(
-        pixels, masks, alpha=0.55, colors=[PALETTE[c % len(PALETTE)] for c in classes]
-    )
+    return draw_class_map(pixels, mask, names, ignore_index)
 
 
 def draw_predictions(
@@ -791,11 +743,11 @@ def plot_predictions(
             ax = axes[i // ncols][i % ncols]
             ax.imshow(_hwc(pixels[i]))
             label = int(probs[i].argmax())
-            title = f"{_name(names, label)} {float(probs[i, label]):.2f}"
+            title = f"{class_name(names, label)} {float(probs[i, label]):.2f}"
             colour = "black"
             if targets is not None:
                 truth = int(targets[i])
-                title += f"\n(true: {_name(names, truth)})"
+                title += f"\n(true: {class_name(names, truth)})"
                 colour = "green" if truth == label else "red"
             ax.set_title(title, fontsize=8, color=colour)
     else:

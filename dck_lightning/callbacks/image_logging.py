@@ -34,6 +34,8 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
+from ..visualization import to_display
+
 __all__ = [
     "BoxSet",
     "PredictionImageLogger",
@@ -94,15 +96,9 @@ def datamodule_statistics(module: pl.LightningModule) -> tuple[Sequence[float], 
 
 
 def display_images(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalised ``float[B, C, H, W]`` -> ``uint8[B, H, W, 3]`` (``x · std + mean``, grey -> RGB)."""
-    channels = images.shape[1]
-    mean_t = torch.tensor(list(mean) or [0.0] * channels, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(list(std) or [1.0] * channels, dtype=torch.float32).view(1, -1, 1, 1)
-    pixels = ((images.detach().float().cpu() * std_t + mean_t) * 255).clamp(0, 255).round()
-    pixels = pixels.to(torch.uint8)
-    if channels == 1:
-        pixels = pixels.expand(-1, 3, -1, -1)
-    return pixels[:, :3].permute(0, 2, 3, 1).contiguous().numpy()
+    """Normalised ``float[B, C, H, W]`` -> ``uint8[B, H, W, 3]``: :func:`~dck_lightning.visualization.to_display`
+    as arrays in the ``H, W, C`` order W&B and PIL take."""
+    return to_display(images, mean, std).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def _class_labels(names: Sequence[str], ignore_index: Optional[int] = None) -> dict[int, str]:

@@ -22,16 +22,13 @@ invariant to the per-axis resize, so this equals evaluating in original coordina
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
-from torchvision.utils import draw_bounding_boxes
 
 from ..callbacks.image_logging import (
     BoxSet,
@@ -42,6 +39,7 @@ from ..callbacks.image_logging import (
 from ..metrics import SIZE_BUCKETS, coco_map, size_area_ranges, size_scale
 from ..models.detection import create_detector
 from ..models.registry import BackboneFactory, build_backbone
+from ..visualization import class_name, draw_boxes, enlarge
 from .base import BaseTask
 from .schedules import LRSchedulerFactory
 
@@ -51,30 +49,6 @@ DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.resnet18"}
 __all__ = ["DetectionTask", "coco_map", "metric_targets", "render_detection_panel"]
 
 Batch = tuple[Tensor, list[dict[str, Any]]]
-
-#: Distinct class colours (RGB) for the drawn boxes, cycled over class indices.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-    (170, 110, 40),
-    (255, 250, 200),
-    (128, 0, 0),
-    (170, 255, 195),
-    (128, 128, 0),
-    (255, 215, 180),
-    (0, 0, 128),
-    (128, 128, 128),
-)
 
 
 def metric_targets(targets: Sequence[dict[str, Any]]) -> list[dict[str, Tensor]]:
@@ -358,7 +332,7 @@ def render_detection_panel(
 ) -> np.ndarray:
     """``ground truth | predictions`` side by side, boxes drawn in class colours.
 
-    Boxes are drawn with :func:`torchvision.utils.draw_bounding_boxes`, labelled with the class
+    Boxes are drawn with :func:`~dck_lightning.visualization.draw_boxes`, labelled with the class
     name (``(difficult)``, or the score for predictions); predictions scoring below
     ``score_thresh`` are left out. Images with a side below ``min_side`` are enlarged
     (nearest) so that the labels stay legible.
@@ -366,37 +340,19 @@ def render_detection_panel(
     Returns:
         ``uint8[H', 2W' + 4, 3]``.
     """
-    image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)
-    factor = max(1, math.ceil(min_side / min(image.shape[-2:])))
-    if factor > 1:
-        image = F.interpolate(image[None], scale_factor=factor, mode="nearest")[0]
-
-    def name(label: int) -> str:
-        names = sample.class_names
-        return names[label] if 0 <= label < len(names) else str(label)
+    image, factor = enlarge(
+        torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1), min_side
+    )
 
     def draw(box_set: BoxSet, keep: np.ndarray) -> Tensor:
         labels = box_set.labels[keep].tolist()
-        if not labels:
-            return image
+        names = [class_name(sample.class_names, label) for label in labels]
         if box_set.scores is not None:
-            texts = [
-                f"{name(label)} {score:.2f}" for label, score in zip(labels, box_set.scores[keep])
-            ]
+            texts = [f"{name} {score:.2f}" for name, score in zip(names, box_set.scores[keep])]
         else:
             notes = np.asarray(box_set.notes or [""] * len(box_set.labels))[keep]
-            texts = [
-                name(label) + (f" ({note})" if note else "") for label, note in zip(labels, notes)
-            ]
-        return draw_bounding_boxes(
-            image,
-            torch.from_numpy(box_set.boxes[keep]) * factor,
-            labels=texts,
-            colors=[PALETTE[label % len(PALETTE)] for label in labels],
-            width=2,
-            fill_labels=True,
-            label_colors="black",
-        )
+            texts = [name + (f" ({note})" if note else "") for name, note in zip(names, notes)]
+        return draw_boxes(image, torch.from_numpy(box_set.boxes[keep]) * factor, labels, texts)
 
     truth, predicted = sample.boxes["ground_truth"], sample.boxes["predictions"]
     left = draw(truth, np.ones(len(truth.labels), dtype=bool))

@@ -34,18 +34,24 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-from torchvision.utils import draw_segmentation_masks
 
 from ..callbacks.image_logging import PredictionSample, datamodule_statistics, display_images
-from ..data.voc_common import voc_palette
 from ..metrics import InstanceSizeIoU
 from ..models.registry import BackboneFactory, build_backbone
 from ..models.segmentation import HEADS, create_segmentation_model
+from ..visualization import (
+    IGNORE_COLOUR,
+    class_colour,
+    class_name,
+    draw_class_map,
+    drawn_classes,
+    enlarge,
+    titled_row,
+)
 from .base import BaseTask
 from .schedules import LRSchedulerFactory
 
@@ -394,7 +400,7 @@ class SegmentationTask(BaseTask):
         """Image | ground truth | prediction panels with a colour legend, one per image.
 
         The PNG form of :meth:`prediction_samples` (runs without W&B); masks are drawn with
-        the VOC palette, see :func:`render_segmentation_panel`.
+        class colours, see :func:`render_segmentation_panel`.
 
         Returns:
             ``[(caption, uint8[H', W', 3]), ...]``, one per image.
@@ -415,17 +421,6 @@ class SegmentationTask(BaseTask):
 
 
 # -- rendering ---------------------------------------------------------------------------------
-_PALETTE = np.asarray(voc_palette(256), dtype=np.uint8).reshape(256, 3)
-
-
-def _overlay(image: Tensor, labels: Tensor, classes: list[int], alpha: float = 0.8) -> Tensor:
-    if not classes:
-        return image
-    masks = torch.stack([labels == c for c in classes])
-    colours = [tuple(int(v) for v in _PALETTE[c % 256]) for c in classes]
-    return draw_segmentation_masks(image, masks, alpha=alpha, colors=colours)
-
-
 def render_segmentation_panel(
     image: Tensor,
     target: Tensor,
@@ -436,9 +431,9 @@ def render_segmentation_panel(
 ) -> np.ndarray:
     """``image | ground truth | prediction`` side by side with titles and a colour legend.
 
-    Class ``c`` is drawn in colour ``c`` of the VOC palette (ignored pixels in colour 255);
-    a class named ``"background"`` is not drawn. Small images are enlarged (nearest) so the
-    shorter side is at least ``min_side`` pixels.
+    Class maps are drawn with :func:`~dck_lightning.visualization.draw_class_map` (a class
+    named ``"background"`` is not drawn, ignored pixels are). Small images are enlarged
+    (nearest) so the shorter side is at least ``min_side`` pixels.
 
     Args:
         image: ``uint8[3, H, W]``.
@@ -448,52 +443,16 @@ def render_segmentation_panel(
     Returns:
         ``uint8[H', W', 3]``.
     """
-    shown = lambda c: not (c < len(class_names) and class_names[c] == "background")  # noqa: E731
-    in_target = [int(c) for c in target.unique() if int(c) != ignore_index and shown(int(c))]
-    in_pred = [int(c) for c in prediction.unique() if shown(int(c))]
-    target_classes = in_target + ([ignore_index] if bool((target == ignore_index).any()) else [])
-    views = [image, _overlay(image, target, target_classes), _overlay(image, prediction, in_pred)]
-    scale = max(1, -(-min_side // min(image.shape[-2:])))
-    views = [v.repeat_interleave(scale, 1).repeat_interleave(scale, 2) for v in views]
-    height, width = views[0].shape[-2:]
-
-    font = ImageFont.load_default()
-    gap, title_h, row_h, pad = 4, 16, 16, 4
-    legend = sorted(set(in_target) | set(in_pred)) + (
-        [ignore_index] if ignore_index in target_classes else []
-    )
-    labels = [
-        ("ignore" if c == ignore_index else (class_names[c] if c < len(class_names) else str(c)), c)
-        for c in legend
+    image, _ = enlarge(image, min_side)
+    maps = (target, prediction)
+    views = [image, *(draw_class_map(image, m, class_names, ignore_index) for m in maps)]
+    classes = set().union(*(drawn_classes(m, class_names, ignore_index) for m in maps))
+    legend = [
+        (class_name(class_names, c), class_colour(c)) for c in sorted(classes - {ignore_index})
     ]
-    canvas_w = 3 * width + 2 * gap
-    # Lay the legend entries out in rows that fit the canvas width.
-    rows: list[list[tuple[int, str, int]]] = [[]]
-    x = pad
-    for text, c in labels:
-        entry_w = 12 + 4 + int(font.getlength(text)) + 12
-        if rows[-1] and x + entry_w > canvas_w:
-            rows.append([])
-            x = pad
-        rows[-1].append((x, text, c))
-        x += entry_w
-    legend_h = pad + row_h * len(rows) if labels else 0
-    canvas = Image.new("RGB", (canvas_w, title_h + height + legend_h), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for i, (view, title) in enumerate(zip(views, ("image", "ground truth", "prediction"))):
-        left = i * (width + gap)
-        canvas.paste(Image.fromarray(view.permute(1, 2, 0).numpy()), (left, title_h))
-        draw.text((left + 2, 2), title, fill=(0, 0, 0), font=font)
-    for r, row in enumerate(rows):
-        y = title_h + height + pad + r * row_h
-        for x, text, c in row:
-            draw.rectangle(
-                (x, y + 1, x + 11, y + 12),
-                fill=tuple(int(v) for v in _PALETTE[c % 256]),
-                outline=(0, 0, 0),
-            )
-            draw.text((x + 16, y), text, fill=(0, 0, 0), font=font)
-    return np.asarray(canvas, dtype=np.uint8)
+    if ignore_index in classes:
+        legend.append(("ignore", IGNORE_COLOUR))
+    return titled_row(views, ("image", "ground truth", "prediction"), legend)
 
 
 __all__ = ["SegmentationTask", "render_segmentation_panel", "soft_dice_loss"]
