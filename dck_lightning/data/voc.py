@@ -84,9 +84,12 @@ __all__ = ["VOCDataModule", "VOCDetectionDataModule", "VOCSegmentationDataModule
 class VOCDataModule(BaseDataModule, ABC):
     """What the two VOC DataModules share: layout checks, download, datasets, loaders.
 
-    Subclasses say which image sets each stage uses (:meth:`train_image_sets`,
-    ``val_sets``, ``test_sets``), which files a set needs (:meth:`required_paths`), how
-    to build a dataset (:meth:`make_dataset`) and to download a set (:meth:`download_set`).
+    Subclasses give their class names (:attr:`classes`) and their albumentations pipelines
+    (:attr:`pipelines`: the training and the evaluation factory of
+    :mod:`~dck_lightning.data.transforms`), and say which image sets each stage uses
+    (:meth:`train_image_sets`, ``val_sets``, ``test_sets``), which files a set needs
+    (:meth:`required_paths`), how to build a dataset (:meth:`make_dataset`) and to download a
+    set (:meth:`download_set`).
 
     Args:
         data_dir: folder holding ``VOCdevkit``.
@@ -95,6 +98,7 @@ class VOCDataModule(BaseDataModule, ABC):
         batch_size, num_workers, seed: see :class:`~dck_lightning.data.base.BaseDataModule`;
             ``seed`` also seeds the albumentations pipelines (mixed with rank and worker).
         augment: augment training images (else they get the evaluation pipeline).
+        scale_range: zoom range of the training scale jitter, relative to ``image_size``.
         skip_invalid: log and skip invalid samples instead of raising.
         val_split: share of the training images held out for validation (seeded with
             ``seed``) when ``val_sets`` is empty; 0 validates on nothing.
@@ -102,6 +106,11 @@ class VOCDataModule(BaseDataModule, ABC):
     """
 
     in_channels = 3
+    #: The name of each class index.
+    classes: tuple[str, ...]
+    #: ``(train, eval)``: ``train(image_size, mean, scale_range=, seed=)`` and
+    #: ``eval(image_size)`` make the albumentations pipelines.
+    pipelines: tuple[Callable[..., Callable], Callable[[Optional[int]], Callable]]
 
     def __init__(
         self,
@@ -112,6 +121,7 @@ class VOCDataModule(BaseDataModule, ABC):
         num_workers: int,
         seed: int,
         augment: bool,
+        scale_range: tuple[float, float],
         skip_invalid: bool,
         val_split: float = 0.0,
         predict_dir: Optional[str] = None,
@@ -124,8 +134,11 @@ class VOCDataModule(BaseDataModule, ABC):
         self.data_dir = Path(data_dir).expanduser()
         self.download = download
         self.image_size = (image_size, image_size)
+        self.scale_range = tuple(scale_range)
         self.skip_invalid = skip_invalid
         self.val_split = val_split
+        self.num_classes = len(self.classes)
+        self.class_names = list(self.classes)
         self.collate_fn = detection_collate
         self._set_statistics(IMAGENET_MEAN, IMAGENET_STD)
         self.val_sets: list[ImageSet] = []
@@ -214,6 +227,18 @@ class VOCDataModule(BaseDataModule, ABC):
             "persistent_workers": False,
         }
 
+    def train_transform(self) -> Callable:
+        """The training pipeline (the eval one when ``augment`` is off)."""
+        if not self.augment:
+            return self.eval_transform()
+        train, _ = self.pipelines
+        return train(self.image_size[0], self.mean, scale_range=self.scale_range, seed=self.seed)
+
+    def eval_transform(self) -> Callable:
+        """Resize to ``image_size`` (masks nearest)."""
+        _, evaluation = self.pipelines
+        return evaluation(self.image_size[0])
+
     def predict_transform(self) -> Callable:
         """The evaluation resize to ``image_size`` (no boxes or masks to carry)."""
         return image_eval_transform(self.image_size[0])
@@ -292,6 +317,8 @@ class VOCDetectionDataModule(VOCDataModule):
     """
 
     task = "detection"
+    classes = VOC_CLASSES
+    pipelines = (detection_train_transform, detection_eval_transform)
 
     def __init__(
         self,
@@ -319,17 +346,15 @@ class VOCDetectionDataModule(VOCDataModule):
             num_workers,
             seed,
             augment,
+            scale_range,
             skip_invalid,
             val_split,
             predict_dir,
         )
         self.save_hyperparameters()
-        self.num_classes = len(VOC_CLASSES)
-        self.class_names = list(VOC_CLASSES)
         self.train_sets = _parse_sets(train_sets, "train_sets")
         self.test_sets = _parse_sets(test_sets, "test_sets")
         self.val_sets = [] if val_sets is None else _parse_sets(val_sets, "val_sets")
-        self.scale_range = tuple(scale_range)
         self.keep_difficult_in_train = keep_difficult_in_train
 
     def train_image_sets(self) -> list[ImageSet]:
@@ -339,18 +364,6 @@ class VOCDetectionDataModule(VOCDataModule):
     def required_paths(self, image_set: ImageSet) -> list[Path]:
         """``ImageSets/Main/<set>.txt``, ``JPEGImages/`` and ``Annotations/`` of the year."""
         return detection_paths(self.data_dir, *image_set)
-
-    def train_transform(self) -> Callable:
-        """The training pipeline (the eval one when ``augment`` is off)."""
-        if not self.augment:
-            return self.eval_transform()
-        return detection_train_transform(
-            self.image_size[0], self.mean, scale_range=self.scale_range, seed=self.seed
-        )
-
-    def eval_transform(self) -> Callable:
-        """Resize to ``image_size``."""
-        return detection_eval_transform(self.image_size[0])
 
     def make_dataset(self, image_set: ImageSet, train: bool) -> VOCDetectionDataset:
         """A :class:`VOCDetectionDataset`; training sets drop difficult objects unless asked."""
@@ -412,6 +425,8 @@ class VOCSegmentationDataModule(VOCDataModule):
 
     task = "segmentation"
     ignore_index = IGNORE_INDEX
+    classes = VOC_SEGMENTATION_CLASSES
+    pipelines = (segmentation_train_transform, segmentation_eval_transform)
 
     def __init__(
         self,
@@ -441,13 +456,12 @@ class VOCSegmentationDataModule(VOCDataModule):
             num_workers,
             seed,
             augment,
+            scale_range,
             skip_invalid,
             val_split,
             predict_dir,
         )
         self.save_hyperparameters()
-        self.num_classes = len(VOC_SEGMENTATION_CLASSES)
-        self.class_names = list(VOC_SEGMENTATION_CLASSES)
         if year not in VOC_YEARS:
             raise ValueError(f"year must be one of {', '.join(VOC_YEARS)}, got {year!r}")
         self.year = year
@@ -455,7 +469,6 @@ class VOCSegmentationDataModule(VOCDataModule):
         self.val_sets = [] if val_set is None else [(year, val_set)]
         self.test_sets = [(year, test_set)]
         self.use_sbd = use_sbd
-        self.scale_range = tuple(scale_range)
 
     def train_image_sets(self) -> list[ImageSet]:
         """``train_aug`` when ``use_sbd`` and SBD is on disk, else ``train_set``."""
@@ -470,18 +483,6 @@ class VOCSegmentationDataModule(VOCDataModule):
     def required_paths(self, image_set: ImageSet) -> list[Path]:
         """The set's list file, ``JPEGImages/`` and the mask folder."""
         return segmentation_paths(self.data_dir, *image_set)
-
-    def train_transform(self) -> Callable:
-        """The training pipeline (the eval one when ``augment`` is off)."""
-        if not self.augment:
-            return self.eval_transform()
-        return segmentation_train_transform(
-            self.image_size[0], self.mean, scale_range=self.scale_range, seed=self.seed
-        )
-
-    def eval_transform(self) -> Callable:
-        """Resize to ``image_size`` (mask nearest)."""
-        return segmentation_eval_transform(self.image_size[0])
 
     def make_dataset(self, image_set: ImageSet, train: bool) -> VOCSegmentationDataset:
         """A :class:`VOCSegmentationDataset`; ``train_aug`` leaves out the validation and

@@ -296,6 +296,55 @@ class SkippingDataset(Dataset, ABC):
         raise RuntimeError(f"{type(self).__name__}: every one of its {size} samples is invalid")
 
 
+class VOCImageSetDataset(SkippingDataset):
+    """One image set of one VOC year (``VOCdevkit/VOC<year>``): its files are checked, its
+    samples are :attr:`records`.
+
+    Subclasses say which files the set needs (:meth:`required_paths`) and which pipeline
+    applies when none is given (:meth:`default_transform`), fill ``records`` and implement
+    :meth:`~SkippingDataset.load`.
+
+    Args:
+        data_dir: folder holding ``VOCdevkit`` (or the ``VOCdevkit`` folder itself).
+        year: ``"2007"`` ... ``"2012"``.
+        image_set: the set's name (a file of ``ImageSets/<kind>``).
+        transform: the pipeline of :meth:`~SkippingDataset.load`; default:
+            :meth:`default_transform`.
+        skip_invalid: log and skip invalid samples instead of raising.
+
+    Raises:
+        DataNotFoundError: a file or folder of :meth:`required_paths` is missing.
+    """
+
+    def __init__(
+        self,
+        data_dir: PathLike,
+        year: str,
+        image_set: str,
+        transform: Optional[Callable] = None,
+        skip_invalid: bool = False,
+    ) -> None:
+        super().__init__(self.default_transform() if transform is None else transform, skip_invalid)
+        self.year = year
+        self.image_set = image_set
+        required = self.required_paths(data_dir)
+        if missing_paths(required):
+            raise data_not_found(data_dir, required, [year])
+        self.root = year_dir(data_dir, year)
+        self.records: list[Any] = []
+
+    @abstractmethod
+    def required_paths(self, data_dir: PathLike) -> list[Path]:
+        """The files and folders the set needs."""
+
+    @abstractmethod
+    def default_transform(self) -> Callable:
+        """The pipeline without a ``transform``: normalise only, original size."""
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
 def skipping_datasets(dataset: Dataset) -> list[SkippingDataset]:
     """The :class:`SkippingDataset` parts of ``dataset`` (through ``ConcatDataset``/``Subset``)."""
     if isinstance(dataset, ConcatDataset):

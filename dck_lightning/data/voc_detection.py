@@ -25,12 +25,10 @@ from dck_lightning.data.voc_common import (
     VOC_CLASSES,
     InvalidAnnotationError,
     PathLike,
-    SkippingDataset,
-    data_not_found,
+    VOCImageSetDataset,
     image_file_size,
     image_set_file,
     keep_valid,
-    missing_paths,
     read_image_set,
     read_rgb_image,
     require_file,
@@ -174,7 +172,7 @@ def required_paths(data_dir: PathLike, year: str, image_set: str) -> list[Path]:
     ]
 
 
-class VOCDetectionDataset(SkippingDataset):
+class VOCDetectionDataset(VOCImageSetDataset):
     """One VOC detection image set, e.g. ``VOC2007`` ``trainval``.
 
     Reads ``VOCdevkit/VOC<year>/ImageSets/Main/<image_set>.txt``,
@@ -208,28 +206,25 @@ class VOCDetectionDataset(SkippingDataset):
         keep_difficult: bool = True,
         skip_invalid: bool = False,
     ) -> None:
-        super().__init__(
-            detection_eval_transform(None) if transform is None else transform, skip_invalid
-        )
-        self.year = year
-        self.image_set = image_set
+        super().__init__(data_dir, year, image_set, transform, skip_invalid)
         self.keep_difficult = keep_difficult
-        required = required_paths(data_dir, year, image_set)
-        if missing_paths(required):
-            raise data_not_found(data_dir, required, [year])
-        root = year_dir(data_dir, year)
 
         def parse(image_id: str) -> VOCDetectionRecord:
             return parse_voc_annotation(
-                root / "Annotations" / f"{image_id}.xml", root / "JPEGImages" / f"{image_id}.jpg"
+                self.root / "Annotations" / f"{image_id}.xml",
+                self.root / "JPEGImages" / f"{image_id}.jpg",
             )
 
         self.records: list[VOCDetectionRecord] = keep_valid(
             read_image_set(image_set_file(data_dir, year, "Main", image_set)), parse, skip_invalid
         )
 
-    def __len__(self) -> int:
-        return len(self.records)
+    def required_paths(self, data_dir: PathLike) -> list[Path]:
+        """:func:`required_paths` of the set."""
+        return required_paths(data_dir, self.year, self.image_set)
+
+    def default_transform(self) -> Callable:
+        return detection_eval_transform(None)
 
     def load(self, index: int) -> tuple[torch.Tensor, dict[str, Union[torch.Tensor, str]]]:
         """Decode, check the size against the annotation, drop difficult objects if asked, transform."""

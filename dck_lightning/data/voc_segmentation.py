@@ -29,11 +29,9 @@ from dck_lightning.data.voc_common import (
     CorruptImageError,
     InvalidMaskError,
     PathLike,
-    SkippingDataset,
-    data_not_found,
+    VOCImageSetDataset,
     image_set_file,
     keep_valid,
-    missing_paths,
     read_image_set,
     read_rgb_image,
     require_file,
@@ -128,7 +126,7 @@ def required_paths(data_dir: PathLike, year: str, image_set: str) -> list[Path]:
     ]
 
 
-class VOCSegmentationDataset(SkippingDataset):
+class VOCSegmentationDataset(VOCImageSetDataset):
     """One VOC segmentation image set.
 
     Args:
@@ -164,16 +162,9 @@ class VOCSegmentationDataset(SkippingDataset):
         exclude_ids: Collection[str] = (),
         original_masks: bool = False,
     ) -> None:
-        super().__init__(
-            segmentation_eval_transform(None) if transform is None else transform, skip_invalid
-        )
-        self.year = year
-        self.image_set = image_set
+        super().__init__(data_dir, year, image_set, transform, skip_invalid)
         self.original_masks = original_masks
-        required = required_paths(data_dir, year, image_set)
-        if missing_paths(required):
-            raise data_not_found(data_dir, required, [year])
-        root = year_dir(data_dir, year)
+        root = self.root
         excluded = set(exclude_ids)
         if image_set == SBD_IMAGE_SET:
             mask_dir = root / SBD_MASK_DIR
@@ -195,8 +186,12 @@ class VOCSegmentationDataset(SkippingDataset):
 
         self.records: list[VOCSegmentationRecord] = keep_valid(kept, locate, skip_invalid)
 
-    def __len__(self) -> int:
-        return len(self.records)
+    def required_paths(self, data_dir: PathLike) -> list[Path]:
+        """:func:`required_paths` of the set."""
+        return required_paths(data_dir, self.year, self.image_set)
+
+    def default_transform(self) -> Callable:
+        return segmentation_eval_transform(None)
 
     def load(self, index: int) -> tuple[torch.Tensor, dict[str, Union[torch.Tensor, str]]]:
         """Decode image and mask, check that they match, transform."""
