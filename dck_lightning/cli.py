@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -117,6 +118,20 @@ DEFAULT_DATA = {
     "init_args": {"task": "classification", "image_size": 32, "batch_size": 32},
 }
 TRAINER_DEFAULTS = {"max_epochs": 7, "log_every_n_steps": 10}
+EMBEDDED_DEFAULT = {"model": DEFAULT_MODEL, "data": DEFAULT_DATA}
+
+
+def chosen_parts(args: Sequence[str]) -> set[str]:
+    """The parts of the embedded default (``model``, ``data``) the command line replaces: both
+    with a config file (``-c``/``--config``), one with its class (``--model X``/``--data X``)."""
+    chosen: set[str] = set()
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in ("-c", "--config"):
+            return set(EMBEDDED_DEFAULT)
+        if name in ("--model", "--data"):
+            chosen.add(name[2:])
+    return chosen
 
 
 @dataclass
@@ -175,6 +190,11 @@ USER_ERRORS = (
 class DCKLightningCLI(LightningCLI):
     """LightningCLI with the project's links, run folders, loggers and checkpoints."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("args")
+        self.user_args: list[str] = list(sys.argv[1:] if given is None else given)
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
         parser.link_arguments(
@@ -183,7 +203,13 @@ class DCKLightningCLI(LightningCLI):
         parser.link_arguments(
             "data.in_channels", "model.init_args.in_channels", apply_on="instantiate"
         )
-        parser.set_defaults({"model": DEFAULT_MODEL, "data": DEFAULT_DATA})
+        # The embedded default only where the user chose nothing: jsonargparse merges a
+        # config's init_args into the defaults' (even across classes), so defaults set here
+        # would leak the demo's schedule, head and shortcuts into every config that omits them.
+        chosen = chosen_parts(self.user_args)
+        parser.set_defaults(
+            {key: value for key, value in EMBEDDED_DEFAULT.items() if key not in chosen}
+        )
 
     # -- run folder and checkpoint ------------------------------------------------------------
     def _parse_ckpt_path(self) -> None:

@@ -10,7 +10,7 @@ import pytest
 import wandb
 import yaml
 
-from dck_lightning.cli import main
+from dck_lightning.cli import DEFAULT_DATA, DEFAULT_MODEL, main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
@@ -327,3 +327,16 @@ def test_learning_rate_is_logged_at_the_schedulers_pace(tmp_path):
         with open(Path(cli.run_dir) / "metrics.csv", newline="") as file:
             rows = [row for row in csv.DictReader(file) if row.get("lr-AdamW/weights")]
         assert len(rows) == expected, interval
+
+
+def test_the_embedded_default_does_not_leak_into_a_config(capsys):
+    """jsonargparse merges a config's init_args into the defaults': the demo's one-cycle
+    schedule, head and ResNet-D shortcuts must not reach a config that leaves them out."""
+    seed = print_config(capsys, "-c", str(REPO / "configs" / "mnist_seed.yaml"))
+    assert seed["model"]["init_args"]["lr_scheduler"] is None
+    assert seed["model"]["init_args"]["feature"] != DEFAULT_MODEL["init_args"]["feature"]
+    detection = print_config(capsys, "-c", str(REPO / "configs" / "shapes_detection.yaml"))
+    assert detection["model"]["init_args"]["backbone"]["init_args"]["downsample"] == "conv"
+    data_only = print_config(capsys, "--data", "dck_lightning.data.MNISTDataModule")
+    assert data_only["model"]["init_args"]["lr_scheduler"]["class_path"].endswith("OneCycleLR")
+    assert data_only["data"]["init_args"]["batch_size"] != DEFAULT_DATA["init_args"]["batch_size"]
