@@ -195,15 +195,12 @@ def test_a_seednet_checkpoint_loads_back_as_seednet(tmp_path):
     """load_task of a run whose backbone is a whole classifier (SeedNet): jsonargparse hands
     the task its class wrapped in its own instantiation partial, which must still read as a
     classifier (it was built as a DCBNet backbone + head and failed)."""
-    import importlib.util
+    from data_fixtures import write_mnist
 
     from dck_lightning.analysis import load_task
     from dck_lightning.cli import main
 
-    spec = importlib.util.spec_from_file_location("data_fixtures", REPO / "tests/data/conftest.py")
-    fixtures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fixtures)
-    fixtures.write_mnist(tmp_path / "data")
+    write_mnist(tmp_path / "data")
     args = ["fit", "-c", str(REPO / "configs" / "mnist_seed.yaml"), "--run.root", str(tmp_path),
             "--data.init_args.data_dir", str(tmp_path / "data"), "--data.init_args.batch_size", "4",
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",

@@ -8,19 +8,18 @@ datasets' real formats (written here) and two training batches per epoch, no val
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
+import data_fixtures
 import pytest
 import yaml
 from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR, PolynomialLR
+from voc_fixtures import detection_images, write_voc
 
 from dck_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-sys.path.insert(0, str(REPO / "tests" / "data"))  # voc_fixtures
 
 TINY_BACKBONE = '{"widths": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "dck_kernel_size": 3}'
 COMMON = [
@@ -33,16 +32,6 @@ COMMON = [
     "--run.wandb", "disabled",
     "--run.nonfinite_loss", "off",  # random pixels at lr 0.1 may diverge: not what is tested
 ]  # fmt: skip
-
-
-def _data_fixtures():
-    """``tests/data/conftest.py`` (its MNIST and CIFAR writers) as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "data_fixtures", REPO / "tests" / "data" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def data_overrides(config: dict, root: Path) -> list[str]:
@@ -59,12 +48,10 @@ def data_overrides(config: dict, root: Path) -> list[str]:
                 "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]  # fmt: skip
     folder = root / "data"
     if data == "MNISTDataModule":
-        _data_fixtures().write_mnist(folder)
+        data_fixtures.write_mnist(folder)
     elif data == "CIFAR10DataModule":
-        _data_fixtures().write_cifar_batches(folder)
+        data_fixtures.write_cifar_batches(folder)
     elif data.startswith("VOC"):
-        from voc_fixtures import detection_images, write_voc
-
         ids = [image.image_id for image in detection_images()]
         write_voc(folder, detection_images(), "2007", main_sets={"trainval": ids, "test": ids})
         write_voc(folder, detection_images(), "2012", main_sets={"trainval": ids},
