@@ -300,8 +300,8 @@ class VOCImageSetDataset(SkippingDataset):
     """One image set of one VOC year (``VOCdevkit/VOC<year>``): its files are checked, its
     samples are :attr:`records`.
 
-    Subclasses say which files the set needs (:meth:`required_paths`) and which pipeline
-    applies when none is given (:meth:`default_transform`), fill ``records`` and implement
+    Subclasses say which files a set needs (:attr:`required_paths`) and which pipeline
+    applies when none is given (:attr:`eval_pipeline`), fill ``records`` and implement
     :meth:`~SkippingDataset.load`.
 
     Args:
@@ -309,12 +309,17 @@ class VOCImageSetDataset(SkippingDataset):
         year: ``"2007"`` ... ``"2012"``.
         image_set: the set's name (a file of ``ImageSets/<kind>``).
         transform: the pipeline of :meth:`~SkippingDataset.load`; default:
-            :meth:`default_transform`.
+            ``eval_pipeline(None)`` (normalise only, original size).
         skip_invalid: log and skip invalid samples instead of raising.
 
     Raises:
-        DataNotFoundError: a file or folder of :meth:`required_paths` is missing.
+        DataNotFoundError: a file or folder of :attr:`required_paths` is missing.
     """
+
+    #: ``(data_dir, year, image_set) -> [Path]``: the files and folders a set needs.
+    required_paths: Callable[[PathLike, str, str], list[Path]]
+    #: ``(image_size) -> pipeline``: the evaluation pipeline (``None``: original size).
+    eval_pipeline: Callable[[Optional[int]], Callable]
 
     def __init__(
         self,
@@ -324,22 +329,14 @@ class VOCImageSetDataset(SkippingDataset):
         transform: Optional[Callable] = None,
         skip_invalid: bool = False,
     ) -> None:
-        super().__init__(self.default_transform() if transform is None else transform, skip_invalid)
+        super().__init__(self.eval_pipeline(None) if transform is None else transform, skip_invalid)
         self.year = year
         self.image_set = image_set
-        required = self.required_paths(data_dir)
+        required = self.required_paths(data_dir, year, image_set)
         if missing_paths(required):
             raise data_not_found(data_dir, required, [year])
         self.root = year_dir(data_dir, year)
         self.records: list[Any] = []
-
-    @abstractmethod
-    def required_paths(self, data_dir: PathLike) -> list[Path]:
-        """The files and folders the set needs."""
-
-    @abstractmethod
-    def default_transform(self) -> Callable:
-        """The pipeline without a ``transform``: normalise only, original size."""
 
     def __len__(self) -> int:
         return len(self.records)

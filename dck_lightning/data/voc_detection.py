@@ -197,6 +197,9 @@ class VOCDetectionDataset(VOCImageSetDataset):
         InvalidSampleError: an invalid sample (unless ``skip_invalid``).
     """
 
+    required_paths = staticmethod(required_paths)
+    eval_pipeline = staticmethod(detection_eval_transform)
+
     def __init__(
         self,
         data_dir: PathLike,
@@ -218,13 +221,6 @@ class VOCDetectionDataset(VOCImageSetDataset):
         self.records: list[VOCDetectionRecord] = keep_valid(
             read_image_set(image_set_file(data_dir, year, "Main", image_set)), parse, skip_invalid
         )
-
-    def required_paths(self, data_dir: PathLike) -> list[Path]:
-        """:func:`required_paths` of the set."""
-        return required_paths(data_dir, self.year, self.image_set)
-
-    def default_transform(self) -> Callable:
-        return detection_eval_transform(None)
 
     def load(self, index: int) -> tuple[torch.Tensor, dict[str, Union[torch.Tensor, str]]]:
         """Decode, check the size against the annotation, drop difficult objects if asked, transform."""

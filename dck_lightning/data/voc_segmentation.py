@@ -152,6 +152,9 @@ class VOCSegmentationDataset(VOCImageSetDataset):
         InvalidSampleError: an invalid sample (unless ``skip_invalid``).
     """
 
+    required_paths = staticmethod(required_paths)
+    eval_pipeline = staticmethod(segmentation_eval_transform)
+
     def __init__(
         self,
         data_dir: PathLike,
@@ -185,13 +188,6 @@ class VOCSegmentationDataset(VOCImageSetDataset):
             return VOCSegmentationRecord(image_id, image_path, mask_path)
 
         self.records: list[VOCSegmentationRecord] = keep_valid(kept, locate, skip_invalid)
-
-    def required_paths(self, data_dir: PathLike) -> list[Path]:
-        """:func:`required_paths` of the set."""
-        return required_paths(data_dir, self.year, self.image_set)
-
-    def default_transform(self) -> Callable:
-        return segmentation_eval_transform(None)
 
     def load(self, index: int) -> tuple[torch.Tensor, dict[str, Union[torch.Tensor, str]]]:
         """Decode image and mask, check that they match, transform."""
