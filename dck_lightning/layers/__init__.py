@@ -1,12 +1,14 @@
 """The DCK layer family, pure PyTorch (no Lightning import).
 
-* :class:`DynamicConv2d` / :class:`DynamicConv2D` — the dynamic convolutional kernel (DCK).
-* :class:`DeformConv2d` — DCNv2 with the centre-approximation constraint.
+* :class:`DynamicConv2d` — the dynamic convolutional kernel (DCK). :class:`DynamicConv2D` is
+  the design document's Keras-style compatibility name (lazy ``in_channels``, ``filters=``).
+* :class:`DeformConv2d` — DCNv2 with the centre-approximation constraint. Not a drop-in for
+  :class:`torchvision.ops.DeformConv2d`: it predicts its own offsets, ``forward(x)``.
 * :func:`deform_conv2d` — the deformable sampling op with ``"torch"``/``"torchvision"`` backends.
 * :class:`ConvBlock`, :class:`GlobalContextModule`, :class:`DCB`, :class:`ResidualDCB`.
 """
 
-from .conv_block import CONV_TYPES, ConvBlock, make_conv
+from .conv_block import CONV_ALIASES, CONV_TYPES, ConvBlock, make_conv
 from .dcb import DCB, DCK_MODES, ResidualDCB
 from .deform import DeformConv2d, bound_offsets
 from .dynamic import DynamicConv2D, DynamicConv2d, Localization, structured_offsets
@@ -28,6 +30,7 @@ from .sampling import (
 
 __all__ = [
     "BACKENDS",
+    "CONV_ALIASES",
     "CONV_TYPES",
     "DCB",
     "DCK_MODES",

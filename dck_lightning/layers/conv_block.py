@@ -2,7 +2,9 @@
 
 The convolution is selected by name so that every block of a network can be switched
 between a plain convolution, a DCK (adaptive or static) and a deformable convolution from
-one config flag.
+one config flag. The DCK names are the blocks' ``dck=`` modes (:data:`~.dcb.DCK_MODES`):
+``"adaptive"`` and ``"static"`` build :class:`DynamicConv2d` with ``adaptive=True``/``False``;
+a block's ``dck="off"`` builds ``"plain"``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from .deform import DeformConv2d
 from .dynamic import DynamicConv2d
 from .validation import check_choice
 
-CONV_TYPES = ("plain", "dynamic", "static", "deform")
+CONV_TYPES = ("plain", "adaptive", "static", "deform")
+#: Earlier names still accepted (configs written before the names followed ``dck=``).
+CONV_ALIASES = {"dynamic": "adaptive"}
 LayerFactory = Callable[..., nn.Module]
 
 
@@ -31,10 +35,12 @@ def make_conv(
     """Build a ``kernel_size`` convolution that keeps ``H/stride`` ("same" padding).
 
     Args:
-        conv: ``"plain"`` (:class:`torch.nn.Conv2d`), ``"dynamic"`` (adaptive DCK),
-            ``"static"`` (DCK without the position-adaptive path) or ``"deform"`` (DCNv2).
+        conv: ``"plain"`` (:class:`torch.nn.Conv2d`), ``"adaptive"`` (DCK; ``"dynamic"`` is
+            its earlier name), ``"static"`` (DCK without the position-adaptive path) or
+            ``"deform"`` (DCNv2).
         **kwargs: passed to the layer (e.g. ``center_constraint`` for a DCK).
     """
+    conv = CONV_ALIASES.get(conv, conv)
     check_choice("conv", conv, CONV_TYPES)
     padding = kernel_size // 2
     if conv == "plain":
@@ -52,7 +58,7 @@ def make_conv(
         stride,
         padding,
         bias=bias,
-        adaptive=conv == "dynamic",
+        adaptive=conv == "adaptive",
         **kwargs,
     )
 
@@ -65,7 +71,7 @@ class ConvBlock(nn.Module):
         out_channels (int): output channels.
         kernel_size (int): kernel size (odd). Default: 3.
         stride (int): stride. Default: 1.
-        conv (str): ``"plain" | "dynamic" | "static" | "deform"``, see :func:`make_conv`.
+        conv (str): ``"plain" | "adaptive" | "static" | "deform"``, see :func:`make_conv`.
         norm_layer (callable, optional): normalisation taking the channel count. Default:
             :class:`torch.nn.BatchNorm2d`; ``None`` for no norm (the conv then has a bias).
         act_layer (callable, optional): activation. Default: :class:`torch.nn.ReLU`.

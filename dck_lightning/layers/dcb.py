@@ -29,7 +29,6 @@ from .sampling import Backend
 from .validation import check_choice
 
 DCK_MODES = ("adaptive", "static", "off")
-_CONV_FOR_DCK = {"adaptive": "dynamic", "static": "static", "off": "plain"}
 
 
 def dck_mode(value: "str | bool") -> str:
@@ -46,7 +45,8 @@ def dck_conv_args(
     backend: Optional[Backend],
     init_extent: Optional[float] = None,
 ) -> dict:
-    """ConvBlock arguments of the DCK position for a DCK mode."""
+    """ConvBlock arguments of the DCK position for a DCK mode (ConvBlock's ``conv`` uses the same
+    names; ``"off"`` is a plain 3×3 convolution)."""
     dck = dck_mode(dck)
     if dck == "off":
         return {"conv": "plain", "kernel_size": 3}
@@ -55,7 +55,7 @@ def dck_conv_args(
         conv_kwargs["init_extent"] = init_extent
     if dck == "adaptive" and backend is not None:
         conv_kwargs["backend"] = backend
-    return {"conv": _CONV_FOR_DCK[dck], "kernel_size": dck_kernel_size, "conv_kwargs": conv_kwargs}
+    return {"conv": dck, "kernel_size": dck_kernel_size, "conv_kwargs": conv_kwargs}
 
 
 class _DCBBase(nn.Module):

@@ -44,6 +44,9 @@ def bound_offsets(raw: Tensor, max_offset: float, eps: float = 1e-12) -> Tensor:
 class DeformConv2d(nn.Module):
     r"""Modulated deformable convolution (DCNv2) with bounded offsets.
 
+    Unlike :class:`torchvision.ops.DeformConv2d` (``forward(input, offset, mask)``, offsets
+    from the caller), this layer predicts its own offsets and modulation: ``forward(x)``.
+
     Args:
         in_channels (int): input channels.
         out_channels (int): output channels.

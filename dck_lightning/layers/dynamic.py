@@ -523,7 +523,10 @@ def _keras_center_constraint(value: Union[float, tuple, list]) -> tuple[float, f
 
 
 class DynamicConv2D(LazyModuleMixin, DynamicConv2d):
-    """Keras-style DCK from the design document; infers ``in_channels`` on the first call.
+    """Compatibility name: the design document's Keras-style DCK (use :class:`DynamicConv2d`).
+
+    It only differs from :class:`DynamicConv2d` in its arguments and infers ``in_channels`` on
+    the first call.
 
     ``DynamicConv2D(filters=32, kernel_size=(7, 7), center_constraint=[(2, 2), (2, 2)])``
     becomes ``DynamicConv2d(in_channels, 32, kernel_size=7, center_constraint=(2, 2))``

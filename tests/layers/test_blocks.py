@@ -37,6 +37,21 @@ def test_conv_block_residual_only_when_shapes_match():
     assert not ConvBlock(4, 4, stride=2).residual
 
 
+def test_conv_block_names_are_the_dck_modes():
+    """ConvBlock's DCK convolutions are named like the blocks' ``dck=`` modes."""
+    from dck_lightning.layers import DeformConv2d, DynamicConv2d
+    from dck_lightning.layers.dcb import dck_conv_args
+
+    adaptive, static = ConvBlock(4, 4, conv="adaptive"), ConvBlock(4, 4, conv="static")
+    assert isinstance(adaptive.conv, DynamicConv2d) and adaptive.conv.adaptive
+    assert isinstance(static.conv, DynamicConv2d) and not static.conv.adaptive
+    assert ConvBlock(4, 4, conv="dynamic").conv.adaptive  # the earlier name still works
+    assert type(ConvBlock(4, 4, conv="plain").conv) is nn.Conv2d
+    assert isinstance(ConvBlock(4, 4, conv="deform").conv, DeformConv2d)
+    for mode, conv in (("adaptive", "adaptive"), ("static", "static"), ("off", "plain")):
+        assert dck_conv_args(mode, 5, (2.0, 2.0), None)["conv"] == conv
+
+
 SWITCHES = list(itertools.product(["adaptive", "static", "off"], [True, False], [True, False]))
 
 

@@ -51,7 +51,7 @@ CASES = [
     (lambda: DeformConv2d(4, 8, 3, backend="fast"), "backend must be one of"),
     (
         lambda: ConvBlock(4, 8, conv="fancy"),
-        r"conv must be one of \('plain', 'dynamic', 'static', 'deform'\)",
+        r"conv must be one of \('plain', 'adaptive', 'static', 'deform'\)",
     ),
     (lambda: DCB(4, 8, dck="dynamic"), r"dck must be one of \('adaptive', 'static', 'off'\)"),
     (
