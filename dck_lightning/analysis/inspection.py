@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .. import visualization
 from ..layers import DeformConv2d, DynamicConv2d
+from ..run_folder import RunFolder, checkpoint_task_class_path
 from .loading import PathLike, find_checkpoint, load_config
 
 __all__ = [
@@ -48,12 +49,6 @@ __all__ = [
 def _import(class_path: str) -> Any:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
-
-
-def _run_dir_of(checkpoint: Path) -> Path:
-    return (
-        checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    )
 
 
 def load_task(
@@ -89,11 +84,11 @@ def _task_class_of(checkpoint: Path) -> type:
     class_path = None
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        class_path = (state.get("hyper_parameters") or {}).get("_class_path")
+        class_path = checkpoint_task_class_path(state)
     except Exception:  # unreadable metadata: fall back to the config
         pass
     if class_path is None:
-        class_path = (load_config(_run_dir_of(checkpoint)).get("model") or {}).get("class_path")
+        class_path = RunFolder.containing(checkpoint).task_class_path()
     if class_path is None:
         class_path = "dck_lightning.tasks.ClassificationTask"
     return _import(class_path)
@@ -107,8 +102,7 @@ def load_datamodule(run: PathLike, setup: str | None = None, **overrides: Any) -
         setup: call ``datamodule.setup(stage)`` (``"fit"``, ``"test"``…); default: none.
         overrides: ``init_args`` to replace, e.g. ``data_dir="/data"`` or ``batch_size=4``.
     """
-    path = Path(run)
-    run_dir = _run_dir_of(path) if path.suffix == ".ckpt" else path
+    run_dir = RunFolder.containing(run).path
     data = load_config(run_dir).get("data")
     if not isinstance(data, dict) or "class_path" not in data:
         raise FileNotFoundError(

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import pandas as pd
-import yaml
+
+from ..run_folder import RunFolder, is_run_folder, newest_run
 
 __all__ = [
     "RUN_COLUMNS",
@@ -103,36 +104,13 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "", sep: str = ".") 
     return flat
 
 
-def _config_files(run_dir: Path) -> list[Path]:
-    """``config.yaml`` then ``config_1.yaml``, ``config_2.yaml``… (one per resume)."""
-    files = [run_dir / "config.yaml"] if (run_dir / "config.yaml").is_file() else []
-    numbered = []
-    for path in run_dir.glob("config_*.yaml"):
-        suffix = path.stem.split("_", 1)[1]
-        if suffix.isdigit():
-            numbered.append((int(suffix), path))
-    return files + [path for _, path in sorted(numbered)]
-
-
 def load_config(run: Union[PathLike, Mapping[str, Any]]) -> dict[str, Any]:
     """The resolved config of a run folder (nested dict; ``{}`` when it has none).
 
     A resumed run has ``config.yaml`` and ``config_1.yaml``…: later files override earlier
     keys (the newest command line wins, keys it does not mention are kept).
     """
-    run_dir = _run_dir(run)
-    merged: dict[str, Any] = {}
-    for path in _config_files(run_dir):
-        _deep_update(merged, yaml.safe_load(path.read_text()) or {})
-    return merged
-
-
-def _deep_update(target: dict[str, Any], update: Mapping[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
-            _deep_update(target[key], value)
-        else:
-            target[key] = value
+    return RunFolder(_run_dir(run)).config()
 
 
 # -- metrics -----------------------------------------------------------------------------------
@@ -270,12 +248,8 @@ def _run_dir(run: Union[PathLike, Mapping[str, Any]]) -> Path:
     return path.parent if path.is_file() else path
 
 
-def _is_run_dir(path: Path) -> bool:
-    return (path / "metrics.csv").is_file() or (path / "config.yaml").is_file()
-
-
 def find_runs(root: PathLike) -> list[Path]:
-    """Run folders at or below ``root`` (folders with ``metrics.csv`` or ``config.yaml``).
+    """Run folders at or below ``root`` (:func:`~dck_lightning.run_folder.is_run_folder`).
 
     Folders inside a run (``wandb/``, ``checkpoints/``) and W&B run folders are not searched.
     """
@@ -284,12 +258,12 @@ def find_runs(root: PathLike) -> list[Path]:
         raise FileNotFoundError(
             f"no runs folder {root} (train with `dck fit --run.root {root}` first)"
         )
-    if _is_run_dir(root):
+    if is_run_folder(root):
         return [root]
     found = []
     for dirpath, dirnames, _ in os.walk(root):
         path = Path(dirpath)
-        if _is_run_dir(path):
+        if is_run_folder(path):
             found.append(path)
             dirnames[:] = []  # a run folder holds no further runs
             continue
@@ -315,9 +289,11 @@ def find_checkpoint(run_or_root: PathLike, which: str = "best") -> Path:
     """A checkpoint of a run folder, or of the newest run below a folder of runs.
 
     Args:
-        run_or_root: a run folder, or a folder holding runs (the most recently modified run
-            that has a checkpoint is taken), or a ``.ckpt`` file (returned as is).
-        which: ``"best"`` (the ``best-*.ckpt``; ``last.ckpt`` when there is none) or ``"last"``.
+        run_or_root: a run folder, or a folder holding runs (the run whose checkpoint was
+            written last is taken), or a ``.ckpt`` file (returned as is).
+        which: ``"best"`` (the ``best-*.ckpt``; the last checkpoint when there is none) or
+            ``"last"`` (``last.ckpt`` or a newer ``hpc_ckpt_N.ckpt``), see
+            :class:`~dck_lightning.run_folder.RunFolder`.
     """
     path = Path(run_or_root)
     if path.suffix == ".ckpt":
@@ -326,22 +302,10 @@ def find_checkpoint(run_or_root: PathLike, which: str = "best") -> Path:
         return path
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    candidates = []
-    for run_dir in find_runs(path):
-        checkpoint = _checkpoints(run_dir)[which]
-        if checkpoint:
-            candidates.append(Path(checkpoint))
-    if not candidates:
+    run = newest_run(map(RunFolder, find_runs(path)), which)
+    if run is None:
         raise FileNotFoundError(f"no checkpoint in {path} (or in the runs below it)")
-    return max(candidates, key=lambda p: p.stat().st_mtime)
-
-
-def _checkpoints(run_dir: Path) -> dict[str, str | None]:
-    folder = run_dir / "checkpoints"
-    last = folder / "last.ckpt"
-    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
-    last_path = str(last) if last.is_file() else None
-    return {"best": str(best[-1]) if best else last_path, "last": last_path}
+    return run.checkpoint(which)
 
 
 def _task_attributes(class_path: str | None) -> tuple[str | None, dict[str, str]]:
@@ -361,16 +325,16 @@ def _local_row(run_dir: Path, modes: Mapping[str, str] | None) -> dict[str, Any]
     config = load_config(run_dir)
     flat = flatten_config(config)
     monitor, task_modes = _task_attributes(flat.get("model.class_path"))
-    run_id_file = run_dir / "wandb_run_id.txt"
-    checkpoints = _checkpoints(run_dir)
+    folder = RunFolder(run_dir)
+    best, last = folder.best, folder.last
     row: dict[str, Any] = {
         "run": f"{run_dir.parent.name}/{run_dir.name}",
         "source": "local",
         "run_dir": str(run_dir.resolve()),
-        "wandb_id": run_id_file.read_text().strip() if run_id_file.is_file() else None,
+        "wandb_id": folder.wandb_run_id(),
         "monitor": monitor,
-        "best_checkpoint": checkpoints["best"],
-        "last_checkpoint": checkpoints["last"],
+        "best_checkpoint": str(best) if best else None,
+        "last_checkpoint": str(last) if last else None,
     }
     row.update(flat)
     row.update(_summarise(load_history(run_dir), {**task_modes, **(modes or {})}))
