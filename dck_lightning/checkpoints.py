@@ -1,4 +1,4 @@
-"""Checkpoints: find the one to resume from, and check a file before Lightning loads it.
+"""Checkpoints: check a file before Lightning loads it.
 
 Lightning's own errors for a bad ``--ckpt_path`` come late and deep (a zip reader message, a
 ``load_state_dict`` key dump, after the loggers started). The CLI calls these first:
@@ -6,9 +6,10 @@ Lightning's own errors for a bad ``--ckpt_path`` come late and deep (a zip reade
 - :func:`read_checkpoint` — the file exists, is a complete, undamaged torch checkpoint (zip
   CRCs checked), loads with ``weights_only=True`` and is a Lightning checkpoint;
 - :func:`check_compatible` — it was saved by the same task class and backbone, and its
-  state-dict keys and shapes match the model this run builds;
-- :func:`find_resume_checkpoint` — the newest ``last.ckpt`` / ``hpc_ckpt_N.ckpt`` of a run
-  folder (what ``dck fit`` resumes from when the run folder already has one).
+  state-dict keys and shapes match the model this run builds.
+
+Which checkpoint a run folder has (``last``, ``hpc``, ``best``) is
+:class:`~dck_lightning.run_folder.RunFolder`'s.
 
 Every problem is a :class:`CheckpointError` naming the file and the reason.
 """
@@ -23,97 +24,18 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .run_folder import checkpoint_task_class_path
+
 __all__ = [
-    "CHECKPOINT_ALIASES",
     "CheckpointError",
     "check_compatible",
     "check_config_matches",
-    "checkpoint_candidates",
-    "find_resume_checkpoint",
-    "is_run_dir",
-    "latest_run_with_checkpoint",
     "read_checkpoint",
-    "run_dir_of_checkpoint",
 ]
-
-#: ``--ckpt_path`` keywords the CLI resolves to a file of a run folder.
-CHECKPOINT_ALIASES = ("last", "hpc", "best")
-#: Files that mark a folder as a run folder (see :mod:`dck_lightning.runs`).
-RUN_MARKERS = ("config.yaml", "metrics.csv", "wandb_run_id.txt", "hparams.yaml")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for this run: missing, damaged, or of another model."""
-
-
-# -- finding checkpoints ---------------------------------------------------------------------
-
-
-def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` looks like a run folder written by ``dck``."""
-    return path.is_dir() and any((path / marker).exists() for marker in RUN_MARKERS)
-
-
-def run_dir_of_checkpoint(path: Union[str, Path]) -> Optional[Path]:
-    """The run folder a checkpoint file belongs to: ``<run>/checkpoints/*.ckpt`` or ``<run>/hpc_ckpt_N.ckpt``."""
-    path = Path(path)
-    if path.parent.name == "checkpoints" and is_run_dir(path.parent.parent):
-        return path.parent.parent
-    if path.name.startswith("hpc_ckpt_") and is_run_dir(path.parent):
-        return path.parent
-    return None
-
-
-def _hpc_number(path: Path) -> int:
-    suffix = path.stem[len("hpc_ckpt_") :]
-    return int(suffix) if suffix.isdigit() else -1
-
-
-def checkpoint_candidates(run_dir: Path, alias: str = "last") -> list[Path]:
-    """Checkpoint files of ``run_dir`` for ``alias``, newest first.
-
-    ``last``: ``checkpoints/last.ckpt`` (written at every epoch end and on SIGTERM) and the
-    ``hpc_ckpt_N.ckpt`` files Lightning writes on SLURM's SIGUSR1; ``hpc``: only the latter;
-    ``best``: ``checkpoints/best-*.ckpt``.
-    """
-    folder = run_dir / "checkpoints"
-    hpc = [
-        p
-        for p in (*run_dir.glob("hpc_ckpt_*.ckpt"), *folder.glob("hpc_ckpt_*.ckpt"))
-        if p.is_file()
-    ]
-    if alias == "hpc":
-        files = hpc
-    elif alias == "best":
-        files = [p for p in folder.glob("best*.ckpt") if p.is_file()]
-    elif alias == "last":
-        files = [p for p in (folder / "last.ckpt",) if p.is_file()] + hpc
-    else:
-        raise ValueError(
-            f"unknown checkpoint alias {alias!r}; expected one of {CHECKPOINT_ALIASES}"
-        )
-    # Newest first; for equal times prefer the higher hpc number, then last.ckpt.
-    return sorted(
-        files,
-        key=lambda p: (p.stat().st_mtime, _hpc_number(p), p.name == "last.ckpt"),
-        reverse=True,
-    )
-
-
-def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The checkpoint a ``fit`` into ``run_dir`` resumes from: its newest last/hpc checkpoint."""
-    candidates = checkpoint_candidates(run_dir, "last")
-    return candidates[0] if candidates else None
-
-
-def latest_run_with_checkpoint(experiment_dir: Path, alias: str = "last") -> Optional[Path]:
-    """The most recently written run folder of ``experiment_dir`` that has a checkpoint for ``alias``."""
-    runs = []
-    for run_dir in experiment_dir.glob("*"):
-        candidates = checkpoint_candidates(run_dir, alias) if run_dir.is_dir() else []
-        if candidates:
-            runs.append((candidates[0].stat().st_mtime, run_dir))
-    return max(runs)[1] if runs else None
 
 
 # -- reading and checking ------------------------------------------------------------------
@@ -270,8 +192,7 @@ def check_config_matches(
     anything is built.
     """
     hparams = checkpoint.get("hyper_parameters") or {}
-    meta = checkpoint.get("dck") or {}
-    saved_task = _task_name(meta.get("task") or hparams.get("_class_path"))
+    saved_task = _task_name(checkpoint_task_class_path(checkpoint))
     task = _task_name(_get(model_config, "class_path"))
     if saved_task and task and saved_task != task:
         raise CheckpointError(
@@ -293,8 +214,7 @@ def check_compatible(
     state-dict keys and tensor shapes against ``module.state_dict()``.
     """
     hparams = checkpoint.get("hyper_parameters") or {}
-    meta = checkpoint.get("dck") or {}
-    saved_task = _task_name(meta.get("task") or hparams.get("_class_path"))
+    saved_task = _task_name(checkpoint_task_class_path(checkpoint))
     task = type(module).__name__
     if saved_task and saved_task != task:
         raise CheckpointError(

@@ -10,7 +10,9 @@
 Model and data are chosen by ``class_path`` (subclass mode); ``num_classes`` and
 ``in_channels`` are linked from the DataModule. Besides ``trainer``, ``model`` and ``data``
 the config has a ``run`` section: where the run folder goes, how W&B logs, and how faults are
-handled (see :mod:`dck_lightning.runs`). Loggers and the checkpoint callback are added here
+handled. Which folder, which checkpoint and which W&B run is decided by
+:func:`dck_lightning.run_plan.plan_run` (a plain function, its rules are documented there); this
+module applies the plan. Loggers and the checkpoint callback are added here
 unless the config sets its own ``trainer.logger`` / ``ModelCheckpoint``.
 
 Scale-out and fault tolerance (see README, "Clusters: DDP, SLURM, torchrun"):
@@ -58,32 +60,14 @@ from .callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from .callbacks.prediction_writer import PredictionWriter
 from .callbacks.preemption import PreemptionCheckpoint
 from .callbacks.resume import ResumeState
-from .checkpoints import (
-    CHECKPOINT_ALIASES,
-    CheckpointError,
-    check_compatible,
-    check_config_matches,
-    checkpoint_candidates,
-    find_resume_checkpoint,
-    latest_run_with_checkpoint,
-    read_checkpoint,
-    run_dir_of_checkpoint,
-)
+from .checkpoints import CheckpointError, check_compatible, check_config_matches, read_checkpoint
 from .data import BaseDataModule
 from .data.errors import DataNotFoundError
 from .distributed import exact_mean_reduce
 from .loggers import RedactingWandbLogger, ResumableCSVLogger
-from .runs import (
-    RUN_DIR_ENV,
-    LauncherMismatchError,
-    WandbMode,
-    check_launcher,
-    is_global_zero_process,
-    job_version,
-    resolve_run_dir,
-    resolve_wandb_mode,
-    wandb_run_id,
-)
+from .run_folder import CHECKPOINT_ALIASES
+from .run_plan import RunEnvironment, RunFolderError, make_run_folder, plan_run
+from .runs import RUN_DIR_ENV, LauncherMismatchError, WandbMode, check_launcher
 from .tasks import BaseTask
 
 cli_presets.install()  # another backbone preset brings its own values, see the module
@@ -169,10 +153,6 @@ class RunConfig:
     prepare_data_per_node: Optional[bool] = None
 
 
-class RunFolderError(RuntimeError):
-    """A run folder that cannot be used as asked (it would overwrite an earlier run)."""
-
-
 class ConfigError(ValueError):
     """A config value the classes refused when they were built."""
 
@@ -188,7 +168,12 @@ USER_ERRORS = (
 
 
 class DCKLightningCLI(LightningCLI):
-    """LightningCLI with the project's links, run folders, loggers and checkpoints."""
+    """LightningCLI with the project's links, run plan, loggers and checkpoints.
+
+    Public hooks only, but one: ``before_instantiate_classes`` makes the run plan's
+    folder, ``instantiate_trainer`` adds the loggers and callbacks; ``_parse_ckpt_path`` stays
+    private (see there).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         given = kwargs.get("args")
@@ -220,6 +205,10 @@ class DCKLightningCLI(LightningCLI):
         missing, truncated, damaged or non-Lightning file) and that the checkpoint's task class
         and backbone are the ones the config asks for — a checkpoint of another task or backbone
         is refused, not silently swapped in. The loaded checkpoint is reused later.
+
+        A private override (tested with Lightning 2.6.6; setup.cfg stops at 2.7) because no public
+        hook runs before Lightning's own, which loads every file with ``weights_only=True``
+        (ignoring ``--weights_only``) and checks nothing.
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -252,7 +241,6 @@ class DCKLightningCLI(LightningCLI):
         self.config.get(str(self.subcommand), self.config)[key] = value
 
     def before_instantiate_classes(self) -> None:
-        run = self._get(self.config, "run")
         trainer = self._get(self.config, "trainer")
         check_launcher(
             trainer.get("devices", "auto"),
@@ -260,99 +248,41 @@ class DCKLightningCLI(LightningCLI):
             trainer.get("accelerator", "auto"),
         )
         self._no_sync_batchnorm_on_cpu(trainer)
-
-        configs = [c for c in self._config_files() if c.parent.name not in ("trainer", "logger")]
-        name = run.name or (configs[0].stem if configs else "default")
-        # Lightning's own place for a run's files, when given, holds the run folders.
-        root = trainer.get("default_root_dir") or run.root
-        fit = self.subcommand == "fit"
-        ckpt_path = self._get(self.config, "ckpt_path")
-        ckpt_path = None if ckpt_path is None else str(ckpt_path)
-        alias = ckpt_path if ckpt_path in CHECKPOINT_ALIASES else None
-        fixed_folder = bool(os.environ.get(RUN_DIR_ENV)) or job_version(run.version) is not None
-
-        # Which run folder: a fixed one (DCK_RUN_DIR, --run.version, SLURM/torchrun job), else
-        # for fit the folder of the checkpoint resumed from, else a new version_N.
-        source_run = None
-        if alias is not None and not fixed_folder:
-            source_run = latest_run_with_checkpoint(Path(root) / name, alias)
-            if source_run is None:
-                raise CheckpointError(
-                    f"--ckpt_path {alias}: no run of {name!r} under {Path(root).resolve()} has a "
-                    f"{alias} checkpoint; give the checkpoint file instead"
-                )
-        run_dir = None
-        if fit and not fixed_folder:
-            run_dir = source_run or (
-                run_dir_of_checkpoint(ckpt_path) if ckpt_path and not alias else None
-            )
-        if run_dir is None:
-            run_dir = resolve_run_dir(root, name, run.version)
-        self.run_dir = run_dir.resolve()
-        os.environ[RUN_DIR_ENV] = str(self.run_dir)  # DDP processes started by Lightning reuse it
-
-        # Which checkpoint.
-        checkpoint: Optional[Path] = None
-        if alias is not None:
-            candidates = checkpoint_candidates(source_run or self.run_dir, alias)
-            if not candidates:
-                raise CheckpointError(
-                    f"--ckpt_path {alias}: the run folder {self.run_dir} has no {alias} checkpoint"
-                )
-            checkpoint = candidates[0]
-        elif ckpt_path is not None:
-            checkpoint = Path(ckpt_path)
-        if fit:
-            checkpoint = self._resume_checkpoint(run, checkpoint)
         self._checkpoint: Optional[dict[str, Any]] = None
-        if checkpoint is not None:
-            weights_only = self._get(self.config, "weights_only")
-            if weights_only is None:
-                weights_only = True
-                self._set("weights_only", True)
-            parsed = getattr(self, "_parsed_checkpoint", None)
-            if parsed is not None and parsed[0] == checkpoint:
-                self._checkpoint = parsed[1]
-            else:
-                self._checkpoint = read_checkpoint(checkpoint, weights_only=weights_only)
+        settings = {
+            "subcommand": self.subcommand,
+            "run": self._get(self.config, "run"),
+            "trainer": trainer,
+            "ckpt_path": self._get(self.config, "ckpt_path"),
+            "config": self._config_files(),
+        }
+        self.plan = plan_run(settings, RunEnvironment.of_process(self._checkpoint_wandb_id))
+        for message in self.plan.warnings:
+            rank_zero_warn(message)
+        for message in self.plan.info:
+            rank_zero_info(message)
+        self.run_dir = make_run_folder(self.plan)
+        # Stays in os.environ: the DDP processes Lightning starts run this command again.
+        os.environ[RUN_DIR_ENV] = str(self.run_dir)
+        if self.plan.checkpoint is not None:
+            self._checkpoint = self._read(self.plan.checkpoint)
             self._parsed_checkpoint = None
-            self._checkpoint_path = checkpoint
-            self._set("ckpt_path", str(checkpoint))
-            if fit:
-                self._adopt_wandb_run_id(self._checkpoint)
+            self._set("ckpt_path", str(self.plan.checkpoint))
 
-    def _resume_checkpoint(self, run: Any, checkpoint: Optional[Path]) -> Optional[Path]:
-        """For ``fit``: the run folder's own newest checkpoint when it has one (never overwrite it)."""
-        own = find_resume_checkpoint(self.run_dir)
-        if own is None:
-            return checkpoint
-        if checkpoint is not None and checkpoint.resolve() == own.resolve():
-            return checkpoint
-        given = run_dir_of_checkpoint(checkpoint) if checkpoint is not None else None
-        if checkpoint is not None and given is not None and given.resolve() == self.run_dir:
-            return checkpoint  # an explicit earlier checkpoint of this very run folder
-        if not run.resume:
-            raise RunFolderError(
-                f"the run folder {self.run_dir} already has checkpoints ({own.name}) and "
-                "--run.resume is false: starting again there would overwrite them. Give another "
-                "--run.version (or none, for a new version_N), or --run.resume true to continue it."
-            )
-        if checkpoint is not None:
-            rank_zero_warn(
-                f"the run folder {self.run_dir} already has its own checkpoint {own.name}: resuming "
-                f"from it, not from --ckpt_path {checkpoint} (it started from that one; give a new "
-                "--run.version to start over from it)"
-            )
-        rank_zero_info(f"Resuming {self.run_dir} from {own}")
-        return own
+    def _read(self, path: Path) -> dict[str, Any]:
+        """The checkpoint at ``path``, read once (``--ckpt_path``'s, when it is that file)."""
+        weights_only = self._get(self.config, "weights_only")
+        if weights_only is None:
+            weights_only = True
+            self._set("weights_only", True)
+        parsed = getattr(self, "_parsed_checkpoint", None)
+        if parsed is not None and parsed[0] == path:
+            return parsed[1]
+        self._parsed_checkpoint = (path, read_checkpoint(path, weights_only=weights_only))
+        return self._parsed_checkpoint[1]
 
-    def _adopt_wandb_run_id(self, checkpoint: dict[str, Any]) -> None:
-        """A run folder resuming a checkpoint continues the checkpoint's W&B run."""
-        run_id = (checkpoint.get("dck") or {}).get("wandb_run_id")
-        path = self.run_dir / "wandb_run_id.txt"
-        if run_id and not path.exists() and is_global_zero_process():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"{run_id}\n")
+    def _checkpoint_wandb_id(self, path: Path) -> Optional[str]:
+        return (self._read(path).get("dck") or {}).get("wandb_run_id")
 
     def _no_sync_batchnorm_on_cpu(self, trainer: Any) -> None:
         """SyncBatchNorm only runs on GPUs: drop it (with a warning) for CPU runs of a GPU config."""
@@ -363,36 +293,6 @@ class DCKLightningCLI(LightningCLI):
         if trainer.get("sync_batchnorm") and on_cpu:
             rank_zero_warn("trainer.sync_batchnorm needs GPUs; turned off for this CPU run")
             trainer["sync_batchnorm"] = False
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        """Run it, then finish the W&B run this command started (as the end of a process would).
-
-        In-process callers (notebooks, tests, scripts calling :func:`main` repeatedly) otherwise
-        leave the run open, and the next command's WandbLogger would log into it. A preempted run
-        (SIGTERM) is marked preempting, so W&B expects it to resume.
-        """
-        exit_code, preempted = 1, False
-        try:
-            super()._run_subcommand(subcommand)
-            exit_code = 0
-        except SIGTERMException:
-            exit_code, preempted = 0, True
-            raise
-        finally:
-            self._finish_wandb(exit_code, preempted)
-
-    def _finish_wandb(self, exit_code: int, preempted: bool) -> None:
-        run_id = getattr(self, "_wandb_id", None)
-        if run_id is None or "wandb" not in sys.modules:
-            return
-        import wandb
-
-        run = wandb.run
-        if run is None or run.id != run_id:
-            return
-        if preempted:
-            run.mark_preempting()
-        run.finish(exit_code=exit_code)
 
     def instantiate_classes(self) -> None:
         try:
@@ -415,30 +315,25 @@ class DCKLightningCLI(LightningCLI):
                 version=self.run_dir.name,
             )
         ]
-        mode = resolve_wandb_mode(run.wandb)
-        self._wandb_id = None
-        if mode != "disabled":
-            self._wandb_id = wandb_run_id(self.run_dir)
+        if self.plan.wandb_mode not in (None, "disabled"):
             loggers.append(
                 RedactingWandbLogger(
                     save_dir=str(self.run_dir),
                     project=run.project,
                     name=f"{self.run_dir.parent.name}/{self.run_dir.name}",
-                    id=self._wandb_id,
+                    id=self.plan.wandb_id,
                     resume="allow",
                     # `mode` goes to wandb.init; Lightning's `offline=True` would refuse
                     # log_model, but an offline run keeps its artifacts for `wandb sync`.
                     log_model=run.log_model,
-                    mode=mode,
+                    mode=self.plan.wandb_mode,
                 )
             )
         return loggers
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        if (
-            getattr(self, "_checkpoint", None) is not None
-        ):  # before any logger starts: the model exists now
-            check_compatible(self._checkpoint, self._checkpoint_path, self.model)
+        if getattr(self, "_checkpoint", None) is not None:  # the model exists now, no logger yet
+            check_compatible(self._checkpoint, self.plan.checkpoint, self.model)
             self._checkpoint = None
         run = self._get(self.config, "run")
         if run.prepare_data_per_node is not None and self.datamodule is not None:
@@ -510,12 +405,15 @@ def _exit_with(error: BaseException, code: int) -> None:
     raise SystemExit(code) from error
 
 
-def _finish_wandb_run() -> None:
-    """One command, one W&B run: close it, so the next command in this process gets its own
-    (and an offline run is flushed to its folder)."""
+def _finish_wandb_run(exit_code: int, preempted: bool) -> None:
+    """One command, one W&B run: close it, so the next command in this process (a notebook, a
+    test, a script calling :func:`main` again) gets its own and an offline run is flushed to
+    its folder. After a SIGTERM it is marked preempting: W&B then expects it to resume."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        if preempted:
+            wandb.run.mark_preempting()
+        wandb.finish(exit_code=exit_code)
 
 
 def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
@@ -525,8 +423,9 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
     stderr (a non-finite training loss: ``SystemExit(1)``); see the module docstring.
     """
     previous = os.environ.get(RUN_DIR_ENV)
+    exit_code, preempted = 1, False
     try:
-        return DCKLightningCLI(
+        cli = DCKLightningCLI(
             BaseTask,
             BaseDataModule,
             subclass_mode_model=True,
@@ -538,12 +437,17 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
             auto_configure_optimizers=False,
             parser_kwargs={"description": "Train DCK/DCB networks (dck_lightning)."},
         )
+        exit_code = 0
+        return cli
+    except SIGTERMException:
+        exit_code, preempted = 0, True
+        raise
     except USER_ERRORS as error:
         _exit_with(error, 2)
     except NonFiniteLossError as error:
         _exit_with(error, 1)
     finally:
-        _finish_wandb_run()
+        _finish_wandb_run(exit_code, preempted)
         if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:

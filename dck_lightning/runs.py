@@ -25,8 +25,9 @@ from __future__ import annotations
 import netrc
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pytorch_lightning.utilities import rank_zero_info
 
@@ -34,15 +35,20 @@ RUN_DIR_ENV = "DCK_RUN_DIR"
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
-def next_version_dir(parent: Path) -> Path:
-    """Create and return ``parent/version_N`` for the smallest free ``N`` (race-free)."""
-    parent.mkdir(parents=True, exist_ok=True)
+def next_version(parent: Path) -> int:
+    """One more than the highest ``N`` of ``parent/version_N`` (0 when there is none)."""
     existing = [
         int(p.name.split("_", 1)[1])
         for p in parent.glob("version_*")
         if p.name.split("_", 1)[1].isdigit()
     ]
-    n = max(existing, default=-1) + 1
+    return max(existing, default=-1) + 1
+
+
+def next_version_dir(parent: Path) -> Path:
+    """Create and return ``parent/version_N`` for the smallest free ``N`` (race-free)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    n = next_version(parent)
     while True:
         candidate = parent / f"version_{n}"
         try:
@@ -52,30 +58,34 @@ def next_version_dir(parent: Path) -> Path:
             n += 1
 
 
-def is_global_zero_process() -> bool:
+def is_global_zero_process(environ: Optional[Mapping[str, str]] = None) -> bool:
     """True in the process that decides things before the process group exists."""
+    environ = os.environ if environ is None else environ
     return all(
-        os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK")
+        environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK")
     )
 
 
-def slurm_job_id() -> Optional[str]:
+def slurm_job_id(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """The SLURM job id of a batch job (``<array job>_<task>`` for array jobs), else ``None``.
 
     Interactive allocations (job name ``bash`` or ``interactive``, as Lightning treats them)
     do not count: their processes are not started by ``srun`` for this run.
     """
-    if not os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOB_NAME") in (
+    environ = os.environ if environ is None else environ
+    if not environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOB_NAME") in (
         "bash",
         "interactive",
     ):
         return None
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ["SLURM_JOB_ID"]
+    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    return environ["SLURM_JOB_ID"]
 
 
-def job_version(version: Optional[str] = None) -> Optional[str]:
+def job_version(
+    version: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
+) -> Optional[str]:
     """The run folder name every process of this job agrees on without talking to each other.
 
     ``version`` when given, else ``slurm-<job id>`` in a SLURM job, ``torchrun-<rdzv id>`` under
@@ -84,31 +94,14 @@ def job_version(version: Optional[str] = None) -> Optional[str]:
     """
     if version is not None:
         return version
-    job_id = slurm_job_id()
+    environ = os.environ if environ is None else environ
+    job_id = slurm_job_id(environ)
     if job_id is not None:
         return f"slurm-{job_id}"
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    run_id = environ.get("TORCHELASTIC_RUN_ID")
     if run_id and run_id != "none":
         return f"torchrun-{run_id}"
     return None
-
-
-def resolve_run_dir(root: str, name: str, version: Optional[str] = None) -> Path:
-    """The run folder for this process (see the module docstring for the rules)."""
-    if os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    parent = Path(root) / name
-    version = job_version(version)
-    if version is not None:
-        path = parent / version
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    if not is_global_zero_process():
-        raise RuntimeError(
-            f"this process is a distributed rank but {RUN_DIR_ENV} is not set: launch with "
-            "scripts/torchrun.sh or scripts/slurm/train.sbatch, or pass --run.version"
-        )
-    return next_version_dir(parent)
 
 
 def has_wandb_credentials() -> bool:
@@ -129,39 +122,45 @@ def wandb_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def resolve_wandb_mode(requested: WandbMode) -> str:
+def wandb_online() -> bool:
+    """W&B credentials and a reachable server."""
+    return has_wandb_credentials() and wandb_reachable()
+
+
+#: Said when ``auto`` logs offline.
+WANDB_OFFLINE_NOTE = (
+    "W&B: no credentials or no network, logging offline. Upload later with "
+    "`wandb sync <run folder>/wandb/offline-run-*`."
+)
+
+
+def choose_wandb_mode(
+    requested: WandbMode,
+    environ: Optional[Mapping[str, str]] = None,
+    online: Optional[Callable[[], bool]] = None,
+) -> str:
     """``online``/``offline``/``disabled`` for this run.
 
     An explicit ``online``/``offline``/``disabled`` (``--run.wandb``) is used as given. ``auto``
     follows ``WANDB_MODE`` when the environment sets it (a cluster-wide ``offline``, say), else
-    it is online only with credentials and a reachable server, else offline (said once, with
-    the ``wandb sync`` command).
+    it is online only when ``online()`` (default: credentials and a reachable server), else
+    offline.
     """
     if requested != "auto":
         return requested
-    env = os.environ.get("WANDB_MODE")
+    env = (os.environ if environ is None else environ).get("WANDB_MODE")
     if env in ("online", "offline", "disabled", "dryrun"):
         return "offline" if env == "dryrun" else env
-    if has_wandb_credentials() and wandb_reachable():
-        return "online"
-    rank_zero_info(
-        "W&B: no credentials or no network, logging offline. Upload later with "
-        "`wandb sync <run folder>/wandb/offline-run-*`."
-    )
-    return "offline"
+    return "online" if (online or wandb_online)() else "offline"
 
 
-def wandb_run_id(run_dir: Path) -> str:
-    """The W&B run id of ``run_dir``: read back on resume, created once otherwise."""
-    path = run_dir / "wandb_run_id.txt"
-    if path.exists():
-        return path.read_text().strip()
-    import secrets
-
-    run_id = secrets.token_hex(4)  # W&B ids are short lowercase alphanumerics
-    if is_global_zero_process():
-        path.write_text(run_id + "\n")
-    return run_id
+def resolve_wandb_mode(requested: WandbMode) -> str:
+    """:func:`choose_wandb_mode` for this process, saying so (with the ``wandb sync`` command)
+    when ``auto`` falls back to offline."""
+    mode = choose_wandb_mode(requested)
+    if requested == "auto" and mode == "offline" and os.environ.get("WANDB_MODE") is None:
+        rank_zero_info(WANDB_OFFLINE_NOTE)
+    return mode
 
 
 # -- launchers ---------------------------------------------------------------------------------
