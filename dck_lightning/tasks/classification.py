@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, Optional, Union
 
-import torch
-from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -14,7 +12,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from ..models import ImageClassifier
 from ..models.registry import BackboneFactory, ClassifierFactory, build_backbone, is_classifier
 from .base import BaseTask
-from .schedules import LRSchedulerFactory
 
 #: ``dcb_small``, with every argument at its default.
 DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.dcb_small"}
@@ -29,8 +26,6 @@ class ClassificationTask(BaseTask):
             arguments, e.g. the DCB switches ``dck``, ``deform``, ``gcm``; or ``SeedNet`` (the
             design document's MNIST model, with its own head: ``feature``, ``pool`` and
             ``dropout`` do not apply). Default: ``dcb_small``.
-        backbone_weights (str, optional): initialise the backbone from a checkpoint or a
-            torchvision ResNet state dict, see :class:`BaseTask`.
         feature (str or list[str]): feature map(s) the head pools: ``"c5"`` (default), a list,
             or ``"all"`` (multi-scale), see :class:`~dck_lightning.models.ImageClassifier`.
         pool (str): ``"avg"`` (default), ``"max"`` or ``"avgmax"``.
@@ -38,8 +33,7 @@ class ClassificationTask(BaseTask):
         num_classes, in_channels: linked from the DataModule by the CLI.
         label_smoothing (float): label smoothing of the cross-entropy. Default: 0.
         class_names (list[str], optional): names for per-class metrics.
-        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval, compile: see
-            :class:`BaseTask`.
+        **shared: :class:`BaseTask`'s (``backbone_weights``, optimiser, schedule, ``compile``).
     """
 
     monitor = "val/acc"
@@ -48,7 +42,6 @@ class ClassificationTask(BaseTask):
     def __init__(
         self,
         backbone: Union[BackboneFactory, ClassifierFactory] = DEFAULT_BACKBONE,
-        backbone_weights: Optional[str] = None,
         feature: Union[str, Sequence[str]] = "c5",
         pool: Literal["avg", "max", "avgmax"] = "avg",
         dropout: float = 0.0,
@@ -56,22 +49,10 @@ class ClassificationTask(BaseTask):
         in_channels: int = 3,
         label_smoothing: float = 0.0,
         class_names: Optional[list[str]] = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerFactory] = None,
-        dynamic_lr_factor: float = 1.0,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        compile: bool = False,
+        **shared: Any,
     ) -> None:
         super().__init__(
-            num_classes=num_classes,
-            in_channels=in_channels,
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            dynamic_lr_factor=dynamic_lr_factor,
-            lr_scheduler_interval=lr_scheduler_interval,
-            compile=compile,
+            num_classes=num_classes, in_channels=in_channels, backbone=backbone, **shared
         )
 
     def configure_models(self) -> None:

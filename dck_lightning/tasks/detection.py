@@ -27,7 +27,6 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
-from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 
 from ..callbacks.image_logging import (
@@ -41,7 +40,6 @@ from ..models.detection import create_detector
 from ..models.registry import BackboneFactory, build_backbone
 from ..visualization import class_name, draw_boxes, enlarge
 from .base import BaseTask
-from .schedules import LRSchedulerFactory
 
 #: The plain ResNet-18, every argument at its default.
 DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.resnet18"}
@@ -84,8 +82,6 @@ class DetectionTask(BaseTask):
             ``resnet18``…, see :mod:`dck_lightning.models.registry`), e.g.
             ``{class_path: dcb_resnet18, init_args: {widths: [32, 64, 128, 256]}}``.
             Default: ``resnet18``.
-        backbone_weights (str, optional): initialise the backbone from a checkpoint (of any
-            task) or a torchvision ResNet state dict, see :class:`BaseTask`.
         fpn_levels (list[str], optional): backbone features fed to the FPN. Default:
             ``["c3", "c4", "c5"]`` (+ P6, P7) for FCOS/RetinaNet, ``["c2", …, "c5"]`` (+ pool)
             for Faster R-CNN.
@@ -105,8 +101,7 @@ class DetectionTask(BaseTask):
             ``(96·s)²`` px² with ``s = √(H·W) / area_reference_size`` of the input images (512:
             on 128×128 inputs small is under 8² px², large over 24²). Default: COCO's
             ``32²`` / ``96²`` as they are.
-        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval, compile: see
-            :class:`BaseTask`.
+        **shared: :class:`BaseTask`'s (``backbone_weights``, optimiser, schedule, ``compile``).
     """
 
     monitor = "val/map_50"
@@ -120,7 +115,6 @@ class DetectionTask(BaseTask):
         self,
         detector: Literal["fcos", "retinanet", "faster_rcnn"] = "fcos",
         backbone: BackboneFactory = DEFAULT_BACKBONE,
-        backbone_weights: Optional[str] = None,
         fpn_levels: Optional[list[str]] = None,
         fpn_channels: int = 256,
         anchor_scale: Optional[float] = None,
@@ -132,22 +126,10 @@ class DetectionTask(BaseTask):
         detections_per_img: int = 100,
         class_names: Optional[list[str]] = None,
         area_reference_size: Optional[int] = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerFactory] = None,
-        dynamic_lr_factor: float = 1.0,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        compile: bool = False,
+        **shared: Any,
     ) -> None:
         super().__init__(
-            num_classes=num_classes,
-            in_channels=in_channels,
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            dynamic_lr_factor=dynamic_lr_factor,
-            lr_scheduler_interval=lr_scheduler_interval,
-            compile=compile,
+            num_classes=num_classes, in_channels=in_channels, backbone=backbone, **shared
         )
 
     def configure_models(self) -> None:

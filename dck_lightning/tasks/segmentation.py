@@ -34,7 +34,6 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
@@ -53,7 +52,6 @@ from ..visualization import (
     titled_row,
 )
 from .base import BaseTask
-from .schedules import LRSchedulerFactory
 
 #: The plain ResNet-18, every argument at its default.
 DEFAULT_BACKBONE = {"class_path": "dck_lightning.models.resnet18"}
@@ -97,8 +95,6 @@ class SegmentationTask(BaseTask):
             :mod:`dck_lightning.models.segmentation`.
         backbone (BackboneFactory): a backbone preset and its arguments (``dcb_resnet18``,
             ``resnet18``…, see :mod:`dck_lightning.models.registry`). Default: ``resnet18``.
-        backbone_weights (str, optional): initialise the backbone from a checkpoint (of any
-            task) or a torchvision ResNet state dict, see :class:`BaseTask`.
         head_kwargs (dict, optional): further :class:`~dck_lightning.models.segmentation.SegmentationModel`
             arguments: ``fpn_channels``, ``channels``, ``norm``, ``feature``, ``atrous_rates``.
         aux_loss (bool): add torchvision's ``FCNHead`` on ``c4`` and its cross-entropy.
@@ -113,8 +109,7 @@ class SegmentationTask(BaseTask):
             ``(96·s)²`` pixels with ``s = √(H·W) / area_reference_size`` of the evaluated masks
             (512: on 128×128 masks small is under 8² px², large over 24²). Default: COCO's
             ``32²`` / ``96²`` as they are.
-        optimizer, lr_scheduler, dynamic_lr_factor, lr_scheduler_interval, compile: see
-            :class:`BaseTask`.
+        **shared: :class:`BaseTask`'s (``backbone_weights``, optimiser, schedule, ``compile``).
     """
 
     monitor = "val/miou"
@@ -124,7 +119,6 @@ class SegmentationTask(BaseTask):
         self,
         head: Literal["fpn", "deeplabv3"] = "fpn",
         backbone: BackboneFactory = DEFAULT_BACKBONE,
-        backbone_weights: Optional[str] = None,
         head_kwargs: Optional[dict[str, Any]] = None,
         aux_loss: bool = False,
         aux_weight: float = 0.4,
@@ -134,11 +128,7 @@ class SegmentationTask(BaseTask):
         ignore_index: int = IGNORE_INDEX,
         class_names: Optional[list[str]] = None,
         area_reference_size: Optional[int] = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerFactory] = None,
-        dynamic_lr_factor: float = 1.0,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        compile: bool = False,
+        **shared: Any,
     ) -> None:
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -147,15 +137,7 @@ class SegmentationTask(BaseTask):
                 f"loss weights must be >= 0, got aux_weight={aux_weight}, dice_weight={dice_weight}"
             )
         super().__init__(
-            num_classes=num_classes,
-            in_channels=in_channels,
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            dynamic_lr_factor=dynamic_lr_factor,
-            lr_scheduler_interval=lr_scheduler_interval,
-            compile=compile,
+            num_classes=num_classes, in_channels=in_channels, backbone=backbone, **shared
         )
 
     # -- model, loss, metrics ----------------------------------------------------------------
