@@ -23,7 +23,7 @@ Scale-out and fault tolerance (see README, "Clusters: DDP, SLURM, torchrun"):
 - ``fit`` into a run folder that already has a checkpoint resumes from its newest ``last.ckpt``
   / ``hpc_ckpt_N.ckpt`` (so a requeued job, or the same command started again, continues);
   ``--ckpt_path last|hpc|best`` means that run folder's (or, without a fixed run folder, the
-  experiment's latest run's) checkpoint;
+  experiment's latest run's) checkpoint (``best`` without a ``best-*.ckpt``: its last one);
 - a checkpoint given to any command is checked first (readable, undamaged, same task,
   backbone and tensor shapes) and loaded with ``weights_only=True`` unless
   ``--weights_only false``;

@@ -1,4 +1,5 @@
-"""Run folders and W&B mode: where a run writes, and whether W&B is online.
+"""Run folder names, W&B mode and launcher checks (the run plan, :mod:`dck_lightning.run_plan`,
+uses them to decide where a run writes; :mod:`dck_lightning.run_folder` reads the folder).
 
 Layout of one run (``runs/<name>/<version>/``)::
 
