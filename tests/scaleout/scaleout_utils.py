@@ -30,7 +30,9 @@ LAUNCHER_VARS = (
 
 
 def tiny_args(root: Path, *extra: str) -> list[str]:
-    """A tiny, fast ``fit``: dcb_small at 16×16, 2 batches of 8 per epoch, one val batch."""
+    """A tiny, fast ``fit``: dcb_small at 16×16, 2 batches of 8 per epoch, one val batch, a
+    constant learning rate (the default's one-cycle length follows max_epochs, which these
+    tests change between a run and its resume)."""
     return [
         "--run.root", str(root),
         "--trainer.max_epochs", "1",
@@ -39,6 +41,7 @@ def tiny_args(root: Path, *extra: str) -> list[str]:
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--model.init_args.backbone.init_args", TINY_MODEL,
+        "--model.init_args.lr_scheduler", "null",
         "--data.init_args.image_size", "16",
         "--data.init_args.num_train", "32",
         "--data.init_args.num_val", "16",
