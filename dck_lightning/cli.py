@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import yaml
 from pytorch_lightning.callbacks import (
     BasePredictionWriter,
     LearningRateMonitor,
@@ -106,16 +107,30 @@ EMBEDDED_DEFAULT = {"model": DEFAULT_MODEL, "data": DEFAULT_DATA}
 
 
 def chosen_parts(args: Sequence[str]) -> set[str]:
-    """The parts of the embedded default (``model``, ``data``) the command line replaces: both
-    with a config file (``-c``/``--config``), one with its class (``--model X``/``--data X``)."""
+    """The parts of the embedded default (``model``, ``data``) the command line replaces: those
+    a config file (``-c``/``--config``) has a section for, and those given a class
+    (``--model X``/``--data X``). A trainer-only file (``configs/trainer/ddp.yaml``) keeps both."""
     chosen: set[str] = set()
-    for arg in args:
-        name = arg.split("=", 1)[0]
+    for index, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if not value and index + 1 < len(args):
+            value = args[index + 1]
         if name in ("-c", "--config"):
-            return set(EMBEDDED_DEFAULT)
-        if name in ("--model", "--data"):
+            chosen |= set(_config_sections(value)) & set(EMBEDDED_DEFAULT)
+        elif name in ("--model", "--data"):
             chosen.add(name[2:])
     return chosen
+
+
+def _config_sections(source: str) -> list[str]:
+    """The top-level keys of a ``--config`` file (or inline YAML); none when it cannot be read
+    (the parser then reports the file)."""
+    try:
+        text = Path(source).read_text() if Path(source).is_file() else source
+        loaded = yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    return list(loaded) if isinstance(loaded, dict) else []
 
 
 @dataclass

@@ -337,6 +337,8 @@ def test_the_embedded_default_does_not_leak_into_a_config(capsys):
     assert seed["model"]["init_args"]["feature"] != DEFAULT_MODEL["init_args"]["feature"]
     detection = print_config(capsys, "-c", str(REPO / "configs" / "shapes_detection.yaml"))
     assert detection["model"]["init_args"]["backbone"]["init_args"]["downsample"] == "conv"
+    trainer_only = print_config(capsys, "-c", str(REPO / "configs" / "trainer" / "ddp.yaml"))
+    assert trainer_only["model"] == print_config(capsys)["model"]  # a trainer file keeps both
     data_only = print_config(capsys, "--data", "dck_lightning.data.MNISTDataModule")
     assert data_only["model"]["init_args"]["lr_scheduler"]["class_path"].endswith("OneCycleLR")
     assert data_only["data"]["init_args"]["batch_size"] != DEFAULT_DATA["init_args"]["batch_size"]
