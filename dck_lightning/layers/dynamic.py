@@ -140,8 +140,9 @@ class DCKGeometry(nn.Module):
     bias: Optional[Tensor]
 
     def crop_radius(self) -> tuple[int, int]:
-        """Half-size ``(r_y, r_x)`` of the taps the layer runs."""
-        raise NotImplementedError
+        """Half-size ``(r_y, r_x)`` of the taps the layer runs (each subclass decides: the
+        learned extent's crop, or the frozen one)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement crop_radius()")
 
     def _input_padding(self, radius: tuple[int, int]) -> tuple[int, int]:
         """Padding that keeps the output grid of the full kernel for the cropped kernel."""
