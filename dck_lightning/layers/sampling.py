@@ -151,8 +151,8 @@ def deform_conv2d(
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     check_shapes(input, offset, weight, mask, stride, padding, dilation)
     y, x = sample_positions(offset, weight.shape[-2:], stride, padding, dilation)
-    if mask is not None:
-        mask = mask.view(-1, *y.shape[1:])
+    if mask is not None:  # (any strides: a mask sliced from the offset conv's output is common)
+        mask = mask.reshape(-1, *y.shape[1:])
     return sampled_conv2d(input, y, x, weight, bias, mask)
 
 
@@ -245,7 +245,7 @@ def sample_positions(
     kh, kw = kernel_size
     groups = channels // (2 * kh * kw)
     device, dtype = offset.device, torch.promote_types(offset.dtype, torch.float32)
-    offset = offset.to(dtype).view(-1, groups, kh * kw, 2, out_h, out_w)
+    offset = offset.to(dtype).reshape(-1, groups, kh * kw, 2, out_h, out_w)
     tap_y = (torch.arange(kh, device=device) * dilation[0]).repeat_interleave(kw)
     tap_x = (torch.arange(kw, device=device) * dilation[1]).repeat(kh)
     pos_y = torch.arange(out_h, device=device) * stride[0] - padding[0]
@@ -569,7 +569,7 @@ def _grid_sample_conv(
     )
     if mask is not None:  # [B, G, C/G, K, ...] × [B, G, 1, K, ...]
         cols = cols.view(-1, offset_groups, channels // offset_groups, taps, out_h * out_w)
-        cols = cols * mask.to(cols.dtype).view(-1, offset_groups, 1, taps, out_h * out_w)
+        cols = cols * mask.to(cols.dtype).reshape(-1, offset_groups, 1, taps, out_h * out_w)
     # Rows of cols in (channel, tap) order, the order of weight.view(O, C/groups · K).
     cols = cols.reshape(-1, groups, channels_per_group * taps, out_h * out_w)
     matrix = weight.reshape(groups, out_channels // groups, channels_per_group * taps)

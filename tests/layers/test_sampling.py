@@ -191,3 +191,50 @@ def test_backend_selection():
     assert get_default_backend() == "auto"
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("cuda-magic", x)
+
+
+def strided_layouts(x, offset, weight, mask, layout):
+    """The same values as ``x, offset, weight, mask`` in non-contiguous layouts (issue 22).
+
+    ``sliced``: offset and mask sliced from one conv output, DCNv2's usual pattern; ``permuted``:
+    both channels-last views of that output; ``transposed``: their spatial axes swapped in
+    memory (no height/width merge is a view); plus a strided input and a transposed weight.
+    """
+    joint = torch.cat((offset, mask), dim=1)
+    n_offset = offset.shape[1]
+    if layout == "sliced":
+        pass
+    elif layout == "permuted":
+        joint = joint.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    elif layout == "transposed":
+        joint = joint.transpose(2, 3).contiguous().transpose(2, 3)
+    x = torch.cat((x, torch.zeros_like(x)), dim=1)[:, : x.shape[1]]  # channel stride 2·HW
+    x = x.transpose(2, 3).contiguous().transpose(2, 3) if layout == "transposed" else x
+    weight = weight.transpose(0, 3).contiguous().transpose(0, 3)
+    return x, joint[:, :n_offset], weight, joint[:, n_offset:]
+
+
+@pytest.mark.parametrize("layout", ["sliced", "permuted", "transposed"])
+def test_non_contiguous_arguments_match_torchvision(layout, torch_path):
+    x, offset, weight, bias, mask, kwargs = random_inputs(CASES[1])
+    expected = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torchvision", **kwargs)
+    x, offset, weight, mask = strided_layouts(x, offset, weight, mask, layout)
+    assert not (offset.is_contiguous() or mask.is_contiguous() or weight.is_contiguous())
+    out = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torch", **kwargs)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["sliced", "transposed"])
+def test_gradcheck_non_contiguous_arguments(layout, torch_path):
+    case = (2, 2, 3, 1, 1, 1, 1, 1, True)
+    x, offset, weight, bias, mask, kwargs = random_inputs(case, dtype=torch.float64, scale=0.7)
+    x, offset, mask = x[:1, :, :4, :5], offset[:1, :, :4, :5], mask[:1, :, :4, :5]
+    offset = offset.round() + 0.3 + 0.4 * torch.rand_like(offset)
+    raw = torch.cat((offset, torch.logit(mask.clamp(0.1, 0.9))), dim=1).requires_grad_(True)
+    x, weight = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+
+    def conv(a, r, w):
+        a, o, w, m = strided_layouts(a, r[:, :18], w, r[:, 18:], layout)
+        return deform_conv2d(a, o, w, bias, mask=m.sigmoid(), backend="torch", **kwargs)
+
+    assert torch.autograd.gradcheck(conv, (x, raw, weight), eps=1e-6, atol=1e-5)
