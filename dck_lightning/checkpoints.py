@@ -11,11 +11,16 @@ Lightning's own errors for a bad ``--ckpt_path`` come late and deep (a zip reade
 Which checkpoint a run folder has (``last``, ``hpc``, ``best``) is
 :class:`~dck_lightning.run_folder.RunFolder`'s.
 
+Writing: :class:`AtomicCheckpointIO` (the CLI's checkpoint plugin) writes every checkpoint to
+``<name>.tmp`` and renames it into place only once it is complete, so a full disk or a killed
+process never leaves a truncated ``best-*.ckpt`` for ``--ckpt_path best`` to pick.
+
 Every problem is a :class:`CheckpointError` naming the file and the reason.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -23,10 +28,12 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .run_folder import checkpoint_task_class_path
 
 __all__ = [
+    "AtomicCheckpointIO",
     "CheckpointError",
     "check_compatible",
     "check_config_matches",
@@ -36,6 +43,39 @@ __all__ = [
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for this run: missing, damaged, or of another model."""
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """:class:`~lightning_fabric.plugins.io.TorchCheckpointIO` that writes ``<path>.tmp``,
+    flushes it to disk, then renames it to ``path`` (:func:`os.replace`, atomic on one
+    filesystem). A save that fails midway (disk full, quota, I/O error) removes the partial
+    ``.tmp`` file and raises; ``path`` keeps its previous content, and since
+    :class:`~pytorch_lightning.callbacks.ModelCheckpoint` deletes a superseded best checkpoint
+    only after the new one is saved, the previous best stays too. Remote paths (``s3://``…) are
+    left to Lightning's writer.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
 
 # -- reading and checking ------------------------------------------------------------------

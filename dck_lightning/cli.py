@@ -28,7 +28,11 @@ Scale-out and fault tolerance (see README, "Clusters: DDP, SLURM, torchrun"):
   backbone and tensor shapes) and loaded with ``weights_only=True`` unless
   ``--weights_only false``;
 - SIGTERM writes ``last.ckpt`` before exiting; a non-finite loss stops training (or skips
-  the batch: ``--run.nonfinite_loss skip``) before it reaches the weights.
+  the batch: ``--run.nonfinite_loss skip``) before it reaches the weights, a non-finite
+  validation loss or monitored metric stops it before that epoch's checkpoints;
+- one process at a time writes a run folder (its ``run.lock``), and ``run.json`` records each
+  command and its outcome (``running``, then ``finished``, ``failed`` or ``interrupted``);
+  checkpoints are written to a temporary name and renamed once complete.
 
 Errors in what the user gave (config values, checkpoints, launcher settings, missing data)
 end the command with ``dck: error: …`` and exit status 2 (1 for a non-finite loss), without
@@ -52,22 +56,29 @@ from pytorch_lightning.callbacks import (
     ProgressBar,
 )
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import cli_presets
 from .callbacks import RunSummary, SaveRunConfig, TerminalAwareProgressBar
-from .callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
+from .callbacks.guards import FiniteModelCheckpoint, NonFiniteLossError, NonFiniteLossGuard
 from .callbacks.prediction_writer import PredictionWriter
 from .callbacks.preemption import PreemptionCheckpoint
 from .callbacks.resume import ResumeState
-from .checkpoints import CheckpointError, check_compatible, check_config_matches, read_checkpoint
+from .checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    check_compatible,
+    check_config_matches,
+    read_checkpoint,
+)
 from .data import BaseDataModule
 from .data.errors import DataNotFoundError
 from .distributed import exact_mean_reduce
 from .loggers import RedactingWandbLogger, ResumableCSVLogger
 from .run_folder import CHECKPOINT_ALIASES
-from .run_plan import RunEnvironment, RunFolderError, make_run_folder, plan_run
+from .run_plan import RunEnvironment, RunFolderError, RunSession, plan_run
 from .runs import RUN_DIR_ENV, LauncherMismatchError, WandbMode, check_launcher
 from .tasks import BaseTask
 
@@ -182,6 +193,11 @@ USER_ERRORS = (
 )
 
 
+#: The run sessions (folder lock and command record) of the commands this process started;
+#: :func:`main` closes those of its command with the outcome.
+_SESSIONS: list[RunSession] = []
+
+
 class DCKLightningCLI(LightningCLI):
     """LightningCLI with the project's links, run plan, loggers and checkpoints.
 
@@ -256,6 +272,10 @@ class DCKLightningCLI(LightningCLI):
         self.config.get(str(self.subcommand), self.config)[key] = value
 
     def before_instantiate_classes(self) -> None:
+        """Check the launcher, plan the run (under the folder's lock when it is a fixed one) and
+        check what the run reads (its checkpoint, ``backbone_weights``) — before anything is
+        written: a new ``version_N`` is created only once model and data are built
+        (:meth:`instantiate_trainer`), so a command that fails on its input leaves no folder."""
         trainer = self._get(self.config, "trainer")
         check_launcher(
             trainer.get("devices", "auto"),
@@ -271,18 +291,37 @@ class DCKLightningCLI(LightningCLI):
             "ckpt_path": self._get(self.config, "ckpt_path"),
             "config": self._config_files(),
         }
-        self.plan = plan_run(settings, RunEnvironment.of_process(self._checkpoint_wandb_id))
+        environment = RunEnvironment.of_process(self._checkpoint_wandb_id)
+        self.plan = plan_run(settings, environment)
+        self.session = RunSession(str(self.subcommand))
+        _SESSIONS.append(self.session)
+        if not self.plan.new_version:  # plan again holding the folder: no one else writes it
+            self.session.hold(self.plan.folder)
+            self.plan = plan_run(settings, environment)
         for message in self.plan.warnings:
             rank_zero_warn(message)
         for message in self.plan.info:
             rank_zero_info(message)
-        self.run_dir = make_run_folder(self.plan)
-        # Stays in os.environ: the DDP processes Lightning starts run this command again.
-        os.environ[RUN_DIR_ENV] = str(self.run_dir)
+        if self.subcommand == "fit" and self.plan.checkpoint is None:
+            self._check_backbone_weights()
         if self.plan.checkpoint is not None:
             self._checkpoint = self._read(self.plan.checkpoint)
             self._parsed_checkpoint = None
             self._set("ckpt_path", str(self.plan.checkpoint))
+
+    def _check_backbone_weights(self) -> None:
+        """``model.init_args.backbone_weights`` exists and loads with ``weights_only=True`` (the
+        task reads it only when fitting starts, after the run folder and the W&B run exist)."""
+        init_args = self._get(self._get(self.config, "model") or {}, "init_args") or {}
+        path = init_args.get("backbone_weights") if hasattr(init_args, "get") else None
+        if not path:
+            return
+        from .models.weights import _read as read_backbone_weights
+
+        try:
+            read_backbone_weights(Path(str(path)))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"model.init_args.{error}") from error
 
     def _read(self, path: Path) -> dict[str, Any]:
         """The checkpoint at ``path``, read once (``--ckpt_path``'s, when it is that file)."""
@@ -350,6 +389,10 @@ class DCKLightningCLI(LightningCLI):
         if getattr(self, "_checkpoint", None) is not None:  # the model exists now, no logger yet
             check_compatible(self._checkpoint, self.plan.checkpoint, self.model)
             self._checkpoint = None
+        saves_config = self.save_config_callback is not None
+        self.run_dir = self.session.start(self.plan, "config.yaml" if saves_config else None)
+        # Stays in os.environ: the DDP processes Lightning starts run this command again.
+        os.environ[RUN_DIR_ENV] = str(self.run_dir)
         run = self._get(self.config, "run")
         if run.prepare_data_per_node is not None and self.datamodule is not None:
             self.datamodule.prepare_data_per_node = run.prepare_data_per_node
@@ -362,7 +405,7 @@ class DCKLightningCLI(LightningCLI):
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             folder = self.run_dir / "checkpoints"
             callbacks.append(
-                ModelCheckpoint(
+                FiniteModelCheckpoint(
                     dirpath=folder,
                     filename="best-epoch={epoch}-step={step}",
                     auto_insert_metric_name=False,
@@ -403,8 +446,13 @@ class DCKLightningCLI(LightningCLI):
         callbacks.append(ResumeState(str(self.run_dir)))
         callbacks.append(RunSummary(str(self.run_dir)))
         kwargs["callbacks"] = callbacks
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]  # no truncated checkpoint
         trainer = super().instantiate_trainer(**kwargs)
         exact_mean_reduce(trainer.strategy)
+        self.session.trainer = trainer
         return trainer
 
 
@@ -439,6 +487,8 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
     """
     previous = os.environ.get(RUN_DIR_ENV)
     exit_code, preempted = 1, False
+    opened = len(_SESSIONS)
+    status, error_line = "failed", None
     try:
         cli = DCKLightningCLI(
             BaseTask,
@@ -452,16 +502,32 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
             auto_configure_optimizers=False,
             parser_kwargs={"description": "Train DCK/DCB networks (dck_lightning)."},
         )
-        exit_code = 0
+        exit_code, status = 0, "finished"
         return cli
     except SIGTERMException:
-        exit_code, preempted = 0, True
+        exit_code, preempted, status = 0, True, "interrupted"
         raise
     except USER_ERRORS as error:
+        exit_code, error_line = 2, str(error)
         _exit_with(error, 2)
     except NonFiniteLossError as error:
+        error_line = str(error)
         _exit_with(error, 1)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except SystemExit as error:  # Lightning ends a Ctrl-C'd fit with exit(1)
+        exit_code = error.code if isinstance(error.code, int) else 1
+        interrupted = any(getattr(s.trainer, "interrupted", False) for s in _SESSIONS[opened:])
+        status = "interrupted" if interrupted else ("finished" if not exit_code else "failed")
+        raise
+    except BaseException as error:
+        error_line = f"{type(error).__name__}: {error}"
+        raise
     finally:
+        for session in reversed(_SESSIONS[opened:]):
+            session.close(status, exit_code, error_line)
+        del _SESSIONS[opened:]
         _finish_wandb_run(exit_code, preempted)
         if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)

@@ -7,6 +7,9 @@ helpers (:mod:`dck_lightning.analysis`) share::
     config.yaml, config_1.yaml…   the resolved config of each command (one more per resume)
     metrics.csv, hparams.yaml     CSVLogger's files
     wandb_run_id.txt              the W&B run id (a resumed run continues it)
+    run.json                      every command run in the folder: command, status, config file
+    run.lock                      the process writing the folder now (see locking.RunFolderLock)
+    attempts/<n>/                 an earlier attempt's files, moved aside by a fit that starts over
     checkpoints/best-*.ckpt       the best checkpoint (ModelCheckpoint on the task's monitor)
     checkpoints/last.ckpt         written at every epoch end and on SIGTERM
     hpc_ckpt_N.ckpt               Lightning's checkpoint on SLURM's SIGUSR1 (requeue)
@@ -20,21 +23,41 @@ Checkpoints by alias (newest first, by modification time):
   Lightning's ``ckpt_path="best"`` of a ModelCheckpoint without a monitor means its latest
   checkpoint.
 
+**Commands and their outcome** (``run.json``, written by the CLI while it holds the folder's
+lock): one entry per command, ``{"command": "fit", "status": "running", "config": "config.yaml",
+"started": …, "ended": …, "exit_code": …, "error": …, "host": …, "pid": …}``, the status
+``running`` at start and ``finished``, ``failed`` or ``interrupted`` (SIGTERM, Ctrl-C) at exit.
+An entry still ``running`` whose process is gone (same host, pid no longer alive: a
+``kill -9``, a crash of the machine's power) reads as ``interrupted``. The folder's
+:meth:`~RunFolder.outcome` is that of its ``fit`` (the latest fit entry) when it has one — a sweep
+also tests in the fit's folder — else of its latest command.
+
 No Lightning import: plain paths and YAML (torch only to read a checkpoint's task class).
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
-from collections.abc import Iterable, Mapping
+import shutil
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
+from .locking import RUN_LOCK_FILE, _alive
+
 __all__ = [
     "CHECKPOINT_ALIASES",
+    "KEEP_ON_ARCHIVE",
     "RUN_MARKERS",
+    "RUN_RECORD",
+    "RUN_STATUSES",
     "RunFolder",
     "checkpoint_task_class_path",
     "is_run_folder",
@@ -46,7 +69,14 @@ PathLike = Union[str, os.PathLike]
 #: ``--ckpt_path`` keywords (and ``RunFolder.checkpoints`` aliases).
 CHECKPOINT_ALIASES = ("last", "hpc", "best")
 #: Files that mark a folder as a run folder.
-RUN_MARKERS = ("config.yaml", "metrics.csv", "wandb_run_id.txt", "hparams.yaml")
+RUN_MARKERS = ("config.yaml", "metrics.csv", "wandb_run_id.txt", "hparams.yaml", "run.json")
+#: The record of the commands run in a folder.
+RUN_RECORD = "run.json"
+#: A command's outcome in :data:`RUN_RECORD`.
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+#: What :meth:`RunFolder.archive_attempt` leaves in place: the folder's own bookkeeping, which
+#: spans attempts (the command record, the lock, earlier attempts, ``dck sweep``'s files).
+KEEP_ON_ARCHIVE = (RUN_RECORD, RUN_LOCK_FILE, f".{RUN_LOCK_FILE}*", "attempts", "sweep_*")
 
 
 def is_run_folder(path: PathLike) -> bool:
@@ -165,6 +195,166 @@ class RunFolder:
         model = self.config().get("model")
         return model.get("class_path") if isinstance(model, Mapping) else None
 
+    def config_of(self, command: str) -> dict[str, Any]:
+        """The resolved config of the folder's ``command`` runs (``fit``): their config files
+        merged as :meth:`config` does, leaving out other commands' (a sweep's ``dck test`` in
+        the fit's folder) and archived attempts'. Without a :data:`RUN_RECORD` (a folder older
+        than it), :meth:`config`."""
+        entries = [e for e in self.commands() if not e.get("archived")]
+        if not entries:
+            return self.config()
+        merged: dict[str, Any] = {}
+        for entry in entries:
+            path = self.path / str(entry.get("config") or "")
+            if entry.get("command") == command and entry.get("config") and path.is_file():
+                _deep_update(merged, yaml.safe_load(path.read_text()) or {})
+        return merged
+
+    # -- commands and outcome ----------------------------------------------------------------
+    @property
+    def record_path(self) -> Path:
+        return self.path / RUN_RECORD
+
+    def commands(self) -> list[dict[str, Any]]:
+        """The entries of :data:`RUN_RECORD`, oldest first (``[]`` without one); an entry still
+        ``running`` whose process has gone reads ``interrupted``."""
+        try:
+            data = json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            return []
+        entries = data.get("commands") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            return []
+        out = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            entry = dict(entry)
+            if entry.get("status") == "running" and _gone(entry):
+                entry["status"] = "interrupted"
+            out.append(entry)
+        return out
+
+    def outcome(self) -> tuple[Optional[str], Optional[str]]:
+        """``(command, status)`` of the folder (see the module docstring); ``(None, None)``
+        without a record, except ``("fit", None)`` for an older folder with a checkpoint."""
+        entries = [e for e in self.commands() if not e.get("archived")]
+        if not entries:
+            return ("fit", None) if self.last is not None else (None, None)
+        fits = [e for e in entries if e.get("command") == "fit"]
+        entry = (fits or entries)[-1]
+        return entry.get("command"), entry.get("status")
+
+    def _write_record(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        temporary = self.path / f".{RUN_RECORD}.tmp"
+        temporary.write_text(json.dumps({"commands": list(entries)}, indent=1) + "\n")
+        os.replace(temporary, self.record_path)
+
+    def _raw_commands(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads(self.record_path.read_text())
+            return [dict(e) for e in data["commands"] if isinstance(e, dict)]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
+    def start_command(
+        self, command: str, config: Optional[str] = None, checkpoint: Optional[PathLike] = None
+    ) -> int:
+        """Record ``command`` as ``running`` (its config file name, the checkpoint it loads, this
+        host and pid); returns its index for :meth:`end_command`. Call it holding the lock."""
+        entries = self._raw_commands()
+        entries.append({
+            "command": command,
+            "status": "running",
+            "config": config,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "ended": None,
+            "exit_code": None,
+            "error": None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        })  # fmt: skip
+        self._write_record(entries)
+        return len(entries) - 1
+
+    def end_command(
+        self, index: int, status: str, exit_code: Optional[int] = None, error: Optional[str] = None
+    ) -> None:
+        """Record the outcome of command ``index`` (``finished``, ``failed``, ``interrupted``);
+        a config file it announced but never wrote (it failed first) is unset."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        entries = self._raw_commands()
+        if not 0 <= index < len(entries):
+            return
+        entry = entries[index]
+        if entry.get("config") and not (self.path / entry["config"]).is_file():
+            entry["config"] = None
+        entry.update(
+            status=status,
+            ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            exit_code=exit_code,
+            error=None if error is None else str(error).strip().splitlines()[0][:500],
+        )
+        self._write_record(entries)
+
+    def archive_attempt(self, keep: Sequence[str] = KEEP_ON_ARCHIVE) -> Optional[Path]:
+        """Move everything of the folder but ``keep`` (name patterns) into ``attempts/<n>/``
+        (``n`` the next number), so the folder shows only what comes next, and nothing is lost;
+        the record's earlier entries are marked ``archived``. Returns the new folder, or ``None``
+        when there was nothing to move."""
+        names = sorted(
+            p.name for p in self.path.iterdir() if not any(fnmatch(p.name, k) for k in keep)
+        ) if self.path.is_dir() else []  # fmt: skip
+        if not names:
+            return None
+        attempts = self.path / "attempts"
+        numbers = [int(p.name) for p in attempts.glob("*") if p.name.isdigit()]
+        target = attempts / str(max(numbers, default=0) + 1)
+        target.mkdir(parents=True)
+        for name in names:
+            shutil.move(str(self.path / name), str(target / name))
+        entries = self._raw_commands()
+        for entry in entries:
+            entry.setdefault("archived", str(target.relative_to(self.path)))
+        if entries:
+            self._write_record(entries)
+        return target
+
+    def drop_metrics_after(self, step: int) -> Optional[Path]:
+        """Remove the ``metrics.csv`` rows logged at ``step`` or later — what a killed process
+        logged after the checkpoint a resumed run continues from, which the resumed run logs
+        again — into ``metrics.dropped-<n>.csv`` (the backup; ``n`` counts up). Returns the
+        backup, or ``None`` when no row was dropped."""
+        path = self.metrics_csv
+        if not path.is_file():
+            return None
+        with path.open(newline="") as file:
+            reader = csv.reader(file)
+            header = next(reader, None)
+            rows = list(reader)
+        if not header or "step" not in header:
+            return None
+        column = header.index("step")
+
+        def later(row: list[str]) -> bool:
+            try:
+                return column < len(row) and float(row[column]) >= step
+            except ValueError:
+                return False
+
+        dropped = [row for row in rows if later(row)]
+        if not dropped:
+            return None
+        n = 1
+        while (self.path / f"metrics.dropped-{n}.csv").exists():
+            n += 1
+        backup = self.path / f"metrics.dropped-{n}.csv"
+        _write_csv(backup, header, dropped)
+        _write_csv(path, header, [row for row in rows if not later(row)])
+        return backup
+
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoints(self, alias: str = "last") -> list[Path]:
         """Checkpoint files for ``alias`` (``last``, ``hpc`` or ``best``), newest first.
@@ -202,6 +392,28 @@ class RunFolder:
     @property
     def last(self) -> Optional[Path]:
         return self.checkpoint("last")
+
+
+def _gone(entry: Mapping[str, Any]) -> bool:
+    """Whether the process of a ``running`` entry has ended without recording it (only
+    checkable on its own host)."""
+    pid = entry.get("pid")
+    return (
+        entry.get("host") == socket.gethostname()
+        and isinstance(pid, int)
+        and pid != os.getpid()
+        and not _alive(pid, None)
+    )
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Write a CSV file through a temporary file (a crash leaves the old one whole)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(temporary, path)
 
 
 def newest_run(folders: Iterable[RunFolder], alias: str = "last") -> Optional[RunFolder]:

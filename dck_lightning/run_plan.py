@@ -21,9 +21,21 @@ that already has its own ``last``/``hpc`` checkpoint resumes from it (never over
 unless the given checkpoint is an earlier one of that very folder; with ``run.resume: false``
 that is an error instead.
 
+**Starting over**: ``fit`` into an existing run folder that it neither resumes nor continues
+from one of the folder's own checkpoints (an earlier attempt failed before its first
+checkpoint, or ``--ckpt_path`` names another run's) moves the earlier attempt's files into
+``attempts/<n>/`` (:meth:`~dck_lightning.run_folder.RunFolder.archive_attempt`), so the
+folder's ``config.yaml``, ``metrics.csv`` and W&B run are those of the attempt that produced
+its results, and nothing is lost.
+
 **W&B**: the mode is :func:`~dck_lightning.runs.choose_wandb_mode`'s (``None`` when the
-config brings its own ``trainer.logger``). The run id is the folder's ``wandb_run_id.txt``,
-else (``fit`` from a checkpoint) the checkpoint's, else a new one when W&B logs.
+config brings its own ``trainer.logger``). The run id is the folder's ``wandb_run_id.txt``
+(not when starting over), else (``fit`` from a checkpoint) the checkpoint's, else a new one
+when W&B logs.
+
+**Applying it**: :class:`RunSession` creates the folder (:func:`make_run_folder`), holds its
+lock (:class:`~dck_lightning.locking.RunFolderLock`, global rank 0 only), starts over, records
+the W&B id and the command in ``run.json`` (``running``), and at the end its outcome.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .checkpoints import CheckpointError
+from .locking import RunFolderBusyError, RunFolderLock
 from .run_folder import CHECKPOINT_ALIASES, RunFolder, newest_run
 from .runs import (
     RUN_DIR_ENV,
@@ -48,7 +61,14 @@ from .runs import (
     wandb_online,
 )
 
-__all__ = ["RunEnvironment", "RunFolderError", "RunPlan", "make_run_folder", "plan_run"]
+__all__ = [
+    "RunEnvironment",
+    "RunFolderError",
+    "RunPlan",
+    "RunSession",
+    "make_run_folder",
+    "plan_run",
+]
 
 
 class RunFolderError(RuntimeError):
@@ -95,6 +115,8 @@ class RunPlan:
         wandb_mode: ``online``, ``offline``, ``disabled``, or ``None`` (the config's loggers).
         wandb_id: the W&B run id to record in ``wandb_run_id.txt`` and log to, or ``None``.
         info, warnings: what to tell the user.
+        starts_over: ``fit`` moves the folder's earlier attempt aside first (see the module
+            docstring).
     """
 
     folder: Path
@@ -105,6 +127,7 @@ class RunPlan:
     wandb_id: Optional[str] = None
     info: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    starts_over: bool = False
 
     @property
     def version(self) -> str:
@@ -219,14 +242,35 @@ def plan_run(config: Mapping[str, Any], environment: RunEnvironment) -> RunPlan:
         wandb_mode = choose_wandb_mode(requested, environ, environment.wandb_online)
         if requested == "auto" and wandb_mode == "offline" and environ.get("WANDB_MODE") is None:
             info.append(WANDB_OFFLINE_NOTE)
-    wandb_id = None if new_version else RunFolder(folder).wandb_run_id()
+    starts_over = (
+        fit
+        and not new_version
+        and not resumes
+        and RunFolder(folder).exists
+        and (checkpoint is None or not _inside(checkpoint, folder))
+    )
+    if starts_over:
+        info.append(f"Starting {folder} over: its earlier attempt goes to attempts/")
+    wandb_id = None if new_version or starts_over else RunFolder(folder).wandb_run_id()
     if wandb_id is None and fit and checkpoint is not None:
         wandb_id = environment.checkpoint_wandb_id(checkpoint)
     if wandb_id is None and wandb_mode not in (None, "disabled"):
         wandb_id = environment.new_wandb_id()
     return RunPlan(
-        folder, new_version, checkpoint, resumes, wandb_mode, wandb_id, tuple(info), tuple(warnings)
+        folder,
+        new_version,
+        checkpoint,
+        resumes,
+        wandb_mode,
+        wandb_id,
+        tuple(info),
+        tuple(warnings),
+        starts_over,
     )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return folder.resolve() in Path(path).resolve().parents
 
 
 def _is_own(checkpoint: Optional[Path], own: Path, folder: Path) -> bool:
@@ -239,15 +283,129 @@ def _is_own(checkpoint: Optional[Path], own: Path, folder: Path) -> bool:
     return given is not None and given.path.resolve() == folder
 
 
-def make_run_folder(plan: RunPlan, environ: Optional[Mapping[str, str]] = None) -> Path:
-    """Create the plan's run folder (a new ``version_N``: the one free now, race-free) and, on
-    global rank 0, record its W&B run id. Returns the folder."""
-    if plan.new_version:
-        folder = next_version_dir(plan.folder.parent).resolve()
-    else:
-        folder = plan.folder
-        folder.mkdir(parents=True, exist_ok=True)
+def _create(plan: RunPlan) -> Path:
+    """Create the plan's folder (a new ``version_N``: the one free now, race-free)."""
+    try:
+        if plan.new_version:
+            return next_version_dir(plan.folder.parent).resolve()
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        return plan.folder
+    except OSError as error:
+        where = plan.folder.parent if plan.new_version else plan.folder
+        raise RunFolderError(
+            f"cannot create the run folder {where} ({error.strerror or error}): give a "
+            "writable --run.root (or --trainer.default_root_dir)"
+        ) from error
+
+
+def _record_wandb_id(plan: RunPlan, folder: Path, environ: Optional[Mapping[str, str]]) -> None:
     id_file = folder / "wandb_run_id.txt"
     if plan.wandb_id and not id_file.exists() and is_global_zero_process(environ):
         id_file.write_text(plan.wandb_id + "\n")
+
+
+def make_run_folder(plan: RunPlan, environ: Optional[Mapping[str, str]] = None) -> Path:
+    """Create the plan's run folder (a new ``version_N``: the one free now, race-free) and, on
+    global rank 0, record its W&B run id. Returns the folder. (:class:`RunSession` does this
+    under the folder's lock.)"""
+    folder = _create(plan)
+    _record_wandb_id(plan, folder, environ)
     return folder
+
+
+def _free_name(folder: Path, filename: str) -> str:
+    """``config.yaml``, else ``config_1.yaml``, … : the name the command's config file gets
+    (:class:`~dck_lightning.callbacks.SaveRunConfig` picks it the same way)."""
+    stem, suffix = Path(filename).stem, Path(filename).suffix
+    name, n = filename, 0
+    while (folder / name).exists():
+        n += 1
+        name = f"{stem}_{n}{suffix}"
+    return name
+
+
+class RunSession:
+    """One command's hold on its run folder, from its lock to its recorded outcome.
+
+    :meth:`hold` takes the folder's lock (``fit`` into a fixed folder takes it before planning
+    again, so the plan reads a folder no other process writes); :meth:`start` creates the folder
+    if needed, starts over, writes the W&B id and records the command as ``running``;
+    :meth:`close` records ``finished``/``failed``/``interrupted`` and releases the lock, and
+    removes a folder it created that stayed empty (a command that failed before it started).
+    Only global rank 0 locks and records; the other ranks of a job write nothing.
+
+    Args:
+        command: ``fit``, ``validate``, ``test`` or ``predict``.
+        environ: the environment (ranks, SLURM job). Default: ``os.environ``.
+    """
+
+    def __init__(self, command: str, environ: Optional[Mapping[str, str]] = None) -> None:
+        self.command = command
+        self.environ = os.environ if environ is None else environ
+        self.rank_zero = is_global_zero_process(self.environ)
+        self.folder: Optional[Path] = None
+        self.lock: Optional[RunFolderLock] = None
+        self.index: Optional[int] = None
+        self.created = False
+        #: set by the CLI: the trainer, to tell an interrupted run (Ctrl-C) from a failed one.
+        self.trainer: Any = None
+
+    def hold(self, folder: Path) -> None:
+        """Lock ``folder`` (created when missing) for this command, once."""
+        if self.folder is not None:
+            return
+        existed = folder.exists()
+        folder = _create(RunPlan(folder))
+        self.folder, self.created = folder, not existed
+        if not self.rank_zero:
+            return
+        lock = RunFolderLock(folder, f"dck {self.command}", self.environ)
+        try:
+            lock.acquire()
+        except RunFolderBusyError as error:
+            self._remove_if_empty()
+            self.folder = None
+            raise RunFolderError(str(error)) from error
+        self.lock = lock
+
+    def start(self, plan: RunPlan, config: Optional[str] = None) -> Path:
+        """Create and hold the plan's folder, start over if the plan says so, record the W&B id
+        and the command (``config``: the config file it will write). Returns the folder."""
+        if self.folder is None:
+            if plan.new_version:
+                folder = _create(plan)
+                self.folder, self.created = None, True
+                self.hold(folder)
+                self.created = True
+            else:
+                self.hold(plan.folder)
+        assert self.folder is not None
+        if self.rank_zero:
+            run = RunFolder(self.folder)
+            if plan.starts_over:
+                run.archive_attempt()
+            _record_wandb_id(plan, self.folder, self.environ)
+            config = None if config is None else _free_name(self.folder, config)
+            self.index = run.start_command(self.command, config, plan.checkpoint)
+        return self.folder
+
+    def close(self, status: str, exit_code: Optional[int], error: Optional[str] = None) -> None:
+        """Record the outcome (when the command started) and release the folder."""
+        if self.folder is None:
+            return
+        try:
+            if self.index is not None:
+                RunFolder(self.folder).end_command(self.index, status, exit_code, error)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+            self._remove_if_empty()
+            self.folder, self.lock, self.index = None, None, None
+
+    def _remove_if_empty(self) -> None:
+        if self.created and self.folder is not None and self.index is None:
+            leftovers = [p for p in self.folder.iterdir() if not p.name.startswith(".run.lock")]
+            if not leftovers:
+                for path in self.folder.iterdir():
+                    path.unlink(missing_ok=True)
+                self.folder.rmdir()
