@@ -16,11 +16,17 @@ Backends:
   few channels per offset group, :func:`~torch.nn.functional.grid_sample` of every tap and a
   batched matmul (its cost is per sample and channel); for wider ones :func:`sampled_matmul`,
   fused and chunked with a hand-written backward of sparse-matrix products (its cost is per
-  sample; a ``torch.library`` op, so that :func:`torch.compile` keeps it whole). Elsewhere,
-  and for export (ONNX ``Gather``/``MatMul``, :func:`torch.export`, TorchScript tracing), the
-  same sums run through autograd. Runs in ``float16``/``bfloat16`` (and under
+  sample; a ``torch.library`` op, so that :func:`torch.compile` keeps it whole). On CUDA
+  (``float32``/``float16``/``bfloat16``) the Triton kernels of
+  :mod:`~dck_lightning.layers.triton_sampling` run (an implicit GEMM: ``cols`` never in
+  memory), each shape class after a one-time self-check against the reference; a class that
+  fails it warns once and runs the reference. Elsewhere, without triton, and for export
+  (ONNX ``Gather``/``MatMul``, :func:`torch.export`, TorchScript tracing), the same sums run
+  through autograd (the reference). Runs in ``float16``/``bfloat16`` (and under
   :func:`torch.autocast`) and is 10–50× faster than torchvision's kernel on CPU.
-* ``"auto"`` — picks per device and dtype (see :func:`resolve_backend`).
+* ``"auto"`` — picks per device and dtype (see :func:`resolve_backend`): the ``torch``
+  backend on CPU, in low precision, and in ``float32`` on CUDA when the Triton kernels pass
+  their check there; torchvision's kernel for other ``float32``/``float64`` CUDA inputs.
 
 The backend is chosen per call, per layer (``backend=`` argument of the layers) or
 globally with :func:`set_default_backend` / the :func:`sampling_backend` context manager.
@@ -88,7 +94,9 @@ def resolve_backend(backend: Optional[str], input: Tensor) -> str:
     """Turn ``None``/``"auto"`` into a concrete backend for this input.
 
     torchvision's kernel has no ``bfloat16`` path and does not follow autocast, so low
-    precision always goes to the ``torch`` backend; otherwise the per-device table decides.
+    precision always goes to the ``torch`` backend; so does ``float32`` on CUDA when the
+    Triton kernels import and pass their self-check there (:func:`triton_ready`); otherwise
+    the per-device table decides (torchvision's kernel on CUDA).
     """
     backend = check_backend(backend or _default_backend)
     if backend != "auto":
@@ -96,6 +104,8 @@ def resolve_backend(backend: Optional[str], input: Tensor) -> str:
     if input.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(
         input.device.type
     ):
+        return "torch"
+    if input.dtype == torch.float32 and triton_ready(input.device, input.dtype):
         return "torch"
     return _AUTO_BACKEND_BY_DEVICE.get(input.device.type, "torch")
 
@@ -460,7 +470,9 @@ def _sampled_conv(
     with torch.autocast(input.device.type, enabled=False):
         input, weight = input.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
-        if not _fused_cpu_path(input) or input.shape[0] == 0:
+        if _triton_path(input, weight, offset_groups, mask is not None, bias is not None):
+            out = _triton_conv(input, *positions(), weight, bias, mask)
+        elif not _fused_cpu_path(input) or input.shape[0] == 0:
             out = _reference_conv(input, *positions(), weight, bias, mask)
         elif input.shape[1] // offset_groups <= GRID_SAMPLE_MAX_CHANNELS:
             out = _grid_sample_conv(input, grid(*input.shape[-2:]), weight, bias, mask)
@@ -476,15 +488,152 @@ def _sampled_conv(
 GRID_SAMPLE_MAX_CHANNELS = 24
 
 
-def _fused_cpu_path(input: Tensor) -> bool:
-    """Whether the CPU kernels run (eager or compiled), rather than the reference
-    composition (other devices; export and tracing, which need plain ``Gather``/``MatMul``)."""
-    return input.device.type == "cpu" and not (
+def _exporting() -> bool:
+    """Whether an export or trace is running (they need plain ``Gather``/``MatMul``)."""
+    return (
         torch.onnx.is_in_onnx_export()
         or torch.compiler.is_exporting()
         or torch.jit.is_tracing()
         or torch.jit.is_scripting()
     )
+
+
+def _fused_cpu_path(input: Tensor) -> bool:
+    """Whether the CPU kernels run (eager or compiled), rather than the reference
+    composition (other devices; export and tracing)."""
+    return input.device.type == "cpu" and not _exporting()
+
+
+# Device types on which the ``torch`` backend runs the Triton kernels of
+# :mod:`~dck_lightning.layers.triton_sampling`, each shape class after its self-check.
+TRITON_DEVICES: tuple[str, ...] = ("cuda",)
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Shape class -> whether the Triton kernels passed their self-check on it.
+_triton_checks: dict[tuple, bool] = {}
+_triton_import: list = []  # [the module, or None when triton does not import]
+
+
+def _triton_module():
+    """:mod:`~dck_lightning.layers.triton_sampling`, imported on first use; ``None`` (and no
+    warning: the reference runs) when triton is not installed."""
+    if not _triton_import:
+        try:
+            from . import triton_sampling
+        except ImportError:
+            triton_sampling = None
+        _triton_import.append(triton_sampling)
+    return _triton_import[0]
+
+
+def _triton_path(
+    input: Tensor, weight: Tensor, offset_groups: int, has_mask: bool, has_bias: bool
+) -> bool:
+    """Whether this call runs the Triton kernels: a device of :data:`TRITON_DEVICES`, a
+    dtype of :data:`TRITON_DTYPES`, no export, and a shape class that passed its check."""
+    if input.device.type not in TRITON_DEVICES or input.dtype not in TRITON_DTYPES or _exporting():
+        return False
+    precision = torch.get_float32_matmul_precision() if input.dtype == torch.float32 else ""
+    key = (str(input.device), input.dtype, precision, input.shape[1], weight.shape[0])
+    key += (input.shape[1] // weight.shape[1], offset_groups, tuple(weight.shape[-2:]))
+    key += (has_mask, has_bias)
+    passed = _triton_checks.get(key)
+    if passed is None:
+        passed = _triton_checks[key] = _triton_self_check(key)
+    return passed
+
+
+def triton_ready(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the Triton kernels run on ``device`` in ``dtype``: triton imports and a
+    representative class (8 → 8 channels, 3×3, modulated, with bias) passed its check."""
+    if device.type not in TRITON_DEVICES or dtype not in TRITON_DTYPES:
+        return False
+    like = torch.empty(0, 8, 1, 1, device=device, dtype=dtype)
+    return _triton_path(like, like.new_empty(8, 8, 3, 3), 1, True, True)
+
+
+@torch.compiler.disable  # (runs eagerly once per class, also under torch.compile)
+def _triton_self_check(key: tuple) -> bool:
+    """Run the Triton op and :func:`_reference_conv` on a small input of the class ``key``,
+    forward and backward; on an error or a mismatch warn once, naming the class and the
+    error, and return ``False`` (the class then runs the reference). ``False`` silently
+    when triton does not import."""
+    if _triton_module() is None:
+        return False
+    try:
+        mismatch = _triton_mismatch(key)
+    except Exception as error:  # a compile error, an unsupported GPU, ...
+        mismatch = f"{type(error).__name__}: {error}"
+    if mismatch is not None:
+        device, dtype, _, channels, out_channels, groups, offset_groups, kernel = key[:8]
+        warnings.warn(
+            f"the Triton sampling kernels failed their self-check on {device}, {dtype}, "
+            f"{channels}->{out_channels} channels, groups={groups}, "
+            f"offset_groups={offset_groups}, kernel {kernel}, mask={key[8]}, bias={key[9]}: "
+            f"{mismatch}; this class runs the torch reference instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return mismatch is None
+
+
+def _triton_mismatch(key: tuple) -> Optional[str]:
+    """The first of the output and the gradients (input, positions, mask, weight, bias) in
+    which the Triton op and the reference (float32, same values) differ by more than the
+    dtype's tolerance, relative to the reference's largest entry; ``None`` if none does."""
+    device, dtype, precision, channels, out_channels, groups, offset_groups, kernel = key[:8]
+    has_mask, has_bias = key[8:]
+    gen = torch.Generator().manual_seed(0)
+    size, out_size, taps = (5, 5), (3, 4), kernel[0] * kernel[1]
+
+    def rand(*shape, low=0.0, high=1.0):
+        values = torch.rand(*shape, generator=gen) * (high - low) + low
+        return values.to(device=device, dtype=dtype)
+
+    tensors = {
+        "input": rand(2, channels, *size, low=-1),
+        "y": rand(2, offset_groups, taps, *out_size, low=-2, high=size[0] + 1),
+        "x": rand(2, offset_groups, taps, *out_size, low=-2, high=size[1] + 1),
+        "weight": rand(out_channels, channels // groups, *kernel, low=-1),
+        "bias": rand(out_channels, low=-1) if has_bias else None,
+        "mask": rand(2, offset_groups, taps, *out_size) if has_mask else None,
+    }
+    grad_out = rand(2, out_channels, *out_size, low=-1)
+    results = {}
+    with torch.inference_mode(False), torch.enable_grad():
+        for name, conv in (("triton", _triton_conv), ("reference", _reference_conv)):
+            args = {
+                k: None if t is None else t.float().requires_grad_(True) for k, t in tensors.items()
+            }
+            if name == "triton":  # the class's dtype (positions stay float32, as in use)
+                for k in ("input", "weight", "bias", "mask"):
+                    if args[k] is not None:
+                        args[k] = args[k].to(dtype)
+            out = conv(**args)
+            wanted = [t for t in args.values() if t is not None]
+            grads = torch.autograd.grad(out, wanted, grad_out.to(out.dtype))
+            names = [k for k, t in args.items() if t is not None]
+            results[name] = {"output": out, **dict(zip(names, grads))}
+    tol = 1e-3 if dtype == torch.float32 and precision == "highest" else 5e-2
+    for name, expected in results["reference"].items():
+        got = results["triton"][name].float()
+        error = (got - expected).abs().max().item() / max(expected.abs().max().item(), 1e-6)
+        if not error <= tol:  # (NaN fails too)
+            return f"{name} differs from the reference by {error:.2g} (relative; tolerance {tol})"
+    return None
+
+
+def _triton_conv(
+    input: Tensor,
+    y: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    mask: Optional[Tensor],
+) -> Tensor:
+    """:func:`~dck_lightning.layers.triton_sampling.sampled_conv` at the positions of
+    :func:`_rows_layout`: ``Tensor[B, O, out_h, out_w]`` (channels-last memory)."""
+    y, x, mask = _rows_layout(input, y, x, mask)
+    return _triton_module().sampled_conv(input, y, x, mask, weight, bias).permute(0, 3, 1, 2)
 
 
 def _rows_layout(
