@@ -228,6 +228,68 @@ def test_nan_offsets_give_nan_outputs(triton_router):
     assert torch.isfinite(out[1]).all()
 
 
+def test_adaptive_dck_runs_the_kernels(triton_router):
+    """The DCK's affine positions (``p + t + s·p_k``) reach the same op."""
+    from dck_lightning.layers import DynamicConv2d
+
+    device, calls, route = triton_router
+    torch.manual_seed(0)
+    layer = DynamicConv2d(4, 6, 3, backend="torch")
+    with torch.no_grad():  # a shift and a scale that move the taps off the pixel grid
+        layer.localization.conv.weight.normal_(0, 0.3)
+    x = torch.randn(2, 4, 5, 6)
+    results = []
+    for on in (True, False):
+        route(on)
+        layer.zero_grad()
+        out = layer.to(device)(x.to(device))
+        out.backward(torch.cos(out.detach()))
+        grads = {n: p.grad.cpu() for n, p in layer.named_parameters() if p.grad is not None}
+        results.append({"output": out.detach().cpu(), **grads})
+    assert len(calls) == 1
+    assert_relative_close(*results, 1e-4)
+
+
+def test_op_schema_fake_and_autograd(kernels):
+    """``torch.library.opcheck``: the schema, the fake implementation (what
+    :func:`torch.compile` traces), the autograd registration and AOT dispatch."""
+    module, device = kernels
+    g = torch.Generator().manual_seed(0)
+    positions = [torch.rand(2, 3, 4, 9, 2, generator=g) * 8 - 2 for _ in range(2)]
+    args = (
+        torch.randn(2, 4, 5, 6, generator=g),
+        *positions,
+        torch.rand(2, 3, 4, 9, 2, generator=g),
+        torch.randn(6, 2, 3, 3, generator=g),
+        torch.randn(6, generator=g),
+    )
+    args = tuple(t.to(device).requires_grad_(True) for t in args)
+    results = torch.library.opcheck(module.sampled_conv, args)
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
+def test_compiled_model_keeps_the_op_and_checks_eagerly(triton_router, monkeypatch):
+    """Under :func:`torch.compile` (``auto`` backend) the op is traced whole (its fake) and
+    the self-check of a new class runs eagerly, once."""
+    device, calls, route = triton_router
+    checked = []
+    monkeypatch.setattr(sampling, "_triton_self_check", lambda key: checked.append(key) or True)
+    tensors, kwargs = random_inputs(CASES["plain"])
+    args = {k: t.to(device) for k, t in tensors.items()}
+
+    def conv(input, offset, mask):
+        return deform_conv2d(input, offset, args["weight"], args["bias"], mask=mask, **kwargs)
+
+    compiled = torch.compile(conv, backend="aot_eager")
+    out = compiled(args["input"], args["offset"], args["mask"])
+    compiled(args["input"], args["offset"], args["mask"])
+    # ``auto``'s representative class (8 -> 8 channels), then this one; each once.
+    assert [key[3:5] for key in checked] == [(8, 8), (4, 6)] and len(calls) == 2
+    route(False)
+    expected = conv(args["input"], args["offset"], args["mask"])
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
 # The router's self-check: the real kernels pass, a wrong one warns once and falls back.
 
 
