@@ -529,8 +529,14 @@ def _triton_path(
     input: Tensor, weight: Tensor, offset_groups: int, has_mask: bool, has_bias: bool
 ) -> bool:
     """Whether this call runs the Triton kernels: a device of :data:`TRITON_DEVICES`, a
-    dtype of :data:`TRITON_DTYPES`, no export, and a shape class that passed its check."""
-    if input.device.type not in TRITON_DEVICES or input.dtype not in TRITON_DTYPES or _exporting():
+    dtype of :data:`TRITON_DTYPES`, no export, no :func:`torch.use_deterministic_algorithms`
+    (their input gradient sums with atomics), and a shape class that passed its check."""
+    if (
+        input.device.type not in TRITON_DEVICES
+        or input.dtype not in TRITON_DTYPES
+        or _exporting()
+        or torch.are_deterministic_algorithms_enabled()
+    ):
         return False
     precision = torch.get_float32_matmul_precision() if input.dtype == torch.float32 else ""
     key = (str(input.device), input.dtype, precision, input.shape[1], weight.shape[0])

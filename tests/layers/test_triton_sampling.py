@@ -187,6 +187,18 @@ def test_several_tiles_and_a_split_weight_gradient(kernels, triton_router, monke
     assert_relative_close(got, conv_and_grads(tensors, kwargs, "cpu"), 1e-4)
 
 
+def test_deterministic_mode_runs_the_reference(triton_router):
+    """The input gradient's atomics are not bitwise deterministic."""
+    device, calls, route = triton_router
+    tensors, kwargs = random_inputs(CASES["plain"])
+    torch.use_deterministic_algorithms(True)
+    try:
+        conv_and_grads(tensors, kwargs, device)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert not calls
+
+
 def test_empty_batch(triton_router):
     device, calls, route = triton_router
     tensors, kwargs = random_inputs(CASES["plain"], batch=0)
