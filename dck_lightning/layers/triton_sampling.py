@@ -39,8 +39,9 @@ The input gradient is summed with atomics: fast, not bitwise deterministic.
 :func:`sampled_conv` is a ``torch.library`` custom op (``dck_lightning::sampled_conv_triton``,
 its backward ``dck_lightning::sampled_conv_triton_backward``) with fake implementations, so
 that :func:`torch.compile` keeps it whole. On CUDA tensors the kernels are compiled; with
-``TRITON_INTERPRET=1`` set *before this module is imported* (``@triton.jit`` reads it when it
-decorates) they run in Triton's interpreter, on CPU tensors too — how the tests run them.
+``TRITON_INTERPRET=1`` set *before triton is imported* (``@triton.jit`` reads it when it
+decorates, triton's own library functions at its import) they run in Triton's interpreter,
+on CPU tensors too — how the tests run them.
 """
 
 from __future__ import annotations
@@ -571,8 +572,8 @@ def sampled_conv(
     """
     if not (input.is_cuda or INTERPRETED):
         raise RuntimeError(
-            "sampled_conv_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before "
-            f"dck_lightning.layers.triton_sampling is imported); got a {input.device} input"
+            "sampled_conv_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before triton "
+            f"is imported); got a {input.device} input"
         )
     return _forward(_Problem(input, y, x, mask, weight), bias)
 
