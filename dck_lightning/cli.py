@@ -1,4 +1,6 @@
-"""The ``dck`` command: LightningCLI with ``fit | validate | test | predict``.
+"""The ``dck`` command: LightningCLI with ``fit | validate | test | predict``, and ``sweep``
+(:mod:`dck_lightning.sweep`) and ``export`` (:mod:`dck_lightning.export`); ``python -m
+dck_lightning`` is the same command.
 
 ::
 
@@ -6,6 +8,7 @@
     dck fit -c configs/mnist_seed.yaml        # a config
     dck fit -c configs/cifar10_dcb_resnet18.yaml -c configs/trainer/gpu.yaml -c configs/logger/wandb.yaml
     dck test -c configs/mnist_seed.yaml --ckpt_path runs/mnist_seed/version_0/checkpoints/last.ckpt
+    dck test -c configs/mnist_seed.yaml --ckpt_path runs/mnist_seed/version_0   # its best checkpoint
 
 Model and data are chosen by ``class_path`` (subclass mode); ``num_classes`` and
 ``in_channels`` are linked from the DataModule. Besides ``trainer``, ``model`` and ``data``
@@ -36,7 +39,12 @@ Scale-out and fault tolerance (see README, "Clusters: DDP, SLURM, torchrun"):
 
 Errors in what the user gave (config values, checkpoints, launcher settings, missing data)
 end the command with ``dck: error: …`` and exit status 2 (1 for a non-finite loss), without
-a traceback; set ``DCK_DEBUG=1`` to get the traceback.
+a traceback; set ``DCK_DEBUG=1`` to get the traceback. A misspelt key, a wrong type or an
+invalid choice is at most four lines with the nearest valid keys or choices
+(:mod:`dck_lightning.cli_errors`); keys are never abbreviated (``--trainer.max_epoch`` is an
+error). ``--ckpt_path <run folder>`` takes the folder's best checkpoint (``fit``: its last),
+as ``--ckpt_path best`` does; a log line names the file. The result lines (``Finished fit:
+<metric>``, checkpoints, run folder) are printed last, after the W&B run is finished.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from . import cli_presets
+from . import __version__, cli_presets
 from .callbacks import RunSummary, SaveRunConfig, TerminalAwareProgressBar
 from .callbacks.guards import FiniteModelCheckpoint, NonFiniteLossError, NonFiniteLossGuard
 from .callbacks.prediction_writer import PredictionWriter
@@ -73,11 +81,12 @@ from .checkpoints import (
     check_config_matches,
     read_checkpoint,
 )
+from .cli_errors import DCKArgumentParser
 from .data import BaseDataModule
 from .data.errors import DataNotFoundError
 from .distributed import exact_mean_reduce
 from .loggers import RedactingWandbLogger, ResumableCSVLogger
-from .run_folder import CHECKPOINT_ALIASES
+from .run_folder import CHECKPOINT_ALIASES, RunFolder
 from .run_plan import RunEnvironment, RunFolderError, RunSession, plan_run
 from .runs import RUN_DIR_ENV, LauncherMismatchError, WandbMode, check_launcher
 from .tasks import BaseTask
@@ -196,6 +205,31 @@ USER_ERRORS = (
 #: The run sessions (folder lock and command record) of the commands this process started;
 #: :func:`main` closes those of its command with the outcome.
 _SESSIONS: list[RunSession] = []
+#: The result lines of the commands running in this process, printed as their last output.
+_SUMMARIES: list[RunSummary] = []
+
+
+def folder_checkpoint(folder: Path, subcommand: str) -> Path:
+    """The checkpoint ``--ckpt_path <run folder>`` means: the folder's ``last`` one for
+    ``fit`` (it continues), its ``best`` one otherwise (as ``--ckpt_path best``: without a
+    ``best-*.ckpt``, its last one). A log line says which file it took."""
+    alias = "last" if subcommand == "fit" else "best"
+    found = RunFolder(folder).checkpoint(alias)
+    if found is None:
+        raise CheckpointError(
+            f"--ckpt_path {folder}: a folder without checkpoints ({folder / 'checkpoints'} has no "
+            "best-*.ckpt or last.ckpt); give a run folder of a trained run or a .ckpt file"
+        )
+    which = alias if alias == "last" or found.name.startswith("best") else "last (no best-*.ckpt)"
+    rank_zero_info(f"--ckpt_path {folder}: the run's {which} checkpoint, {found}")
+    return found
+
+
+#: ``dck`` commands besides LightningCLI's, run by their own modules (see :func:`entry_point`).
+OTHER_COMMANDS = {
+    "sweep": "Run a grid of configs x seeds as dck fit + dck test runs; one table.",
+    "export": "Export a checkpoint as an ONNX, TorchScript or torch.export file.",
+}
 
 
 class DCKLightningCLI(LightningCLI):
@@ -210,6 +244,23 @@ class DCKLightningCLI(LightningCLI):
         given = kwargs.get("args")
         self.user_args: list[str] = list(sys.argv[1:] if given is None else given)
         super().__init__(*args, **kwargs)
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        """LightningCLI's parsers, with ``--version`` and, in ``dck --help``, ``sweep`` and
+        ``export`` (handled before LightningCLI, see :func:`main`)."""
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        self.parser.add_argument(
+            "--version",
+            action="version",
+            version=f"dck_lightning {__version__}",
+            help="Print the version and exit.",
+        )
+        action = getattr(self.parser, "subcommands_action", None)
+        for name, description in OTHER_COMMANDS.items() if action is not None else ():
+            listed = DCKArgumentParser(description=description, add_help=False)
+            action.add_subcommand(name, listed, help=f"{description} (dck {name} --help)")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
@@ -246,6 +297,9 @@ class DCKLightningCLI(LightningCLI):
         self._parsed_checkpoint: Optional[tuple[Path, dict[str, Any]]] = None
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_ALIASES:
             return
+        if Path(str(ckpt_path)).is_dir():
+            ckpt_path = str(folder_checkpoint(Path(str(ckpt_path)), subcommand))
+            self.config[subcommand]["ckpt_path"] = ckpt_path
         weights_only = self.config[subcommand].get("weights_only")
         checkpoint = read_checkpoint(
             ckpt_path, weights_only=True if weights_only is None else weights_only
@@ -444,7 +498,9 @@ class DCKLightningCLI(LightningCLI):
             callbacks.append(NonFiniteLossGuard(action=run.nonfinite_loss))
         callbacks.append(PreemptionCheckpoint(self.run_dir / "checkpoints"))
         callbacks.append(ResumeState(str(self.run_dir)))
-        callbacks.append(RunSummary(str(self.run_dir)))
+        summary = RunSummary(str(self.run_dir), defer=True)  # printed last, by main()
+        _SUMMARIES.append(summary)
+        callbacks.append(summary)
         kwargs["callbacks"] = callbacks
         plugins = trainer_config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
@@ -479,15 +535,32 @@ def _finish_wandb_run(exit_code: int, preempted: bool) -> None:
         wandb.finish(exit_code=exit_code)
 
 
+def other_command(args: Sequence[str]) -> int:
+    """Run ``dck sweep …`` (:mod:`dck_lightning.sweep`, it runs ``dck fit``/``dck test``
+    itself) or ``dck export …`` (:mod:`dck_lightning.export`); the exit status."""
+    if args[0] == "sweep":
+        from .sweep import main as sweep_main
+
+        return sweep_main(list(args[1:]))
+    from .export import main as export
+
+    export(list(args[1:]))
+    return 0
+
+
 def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
     """Entry point of ``dck``; ``args`` (a list) makes it usable from Python and tests.
 
     Errors in the user's input end with ``SystemExit(2)`` and a ``dck: error: …`` line on
     stderr (a non-finite training loss: ``SystemExit(1)``); see the module docstring.
+    ``sweep`` and ``export`` end with ``SystemExit`` of their exit status.
     """
+    given = sys.argv[1:] if args is None else args
+    if given[:1] and given[0] in OTHER_COMMANDS:
+        raise SystemExit(other_command(given))
     previous = os.environ.get(RUN_DIR_ENV)
     exit_code, preempted = 1, False
-    opened = len(_SESSIONS)
+    opened, summaries = len(_SESSIONS), len(_SUMMARIES)
     status, error_line = "failed", None
     try:
         cli = DCKLightningCLI(
@@ -500,7 +573,8 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
             trainer_defaults=TRAINER_DEFAULTS,
             args=args,
             auto_configure_optimizers=False,
-            parser_kwargs={"description": "Train DCK/DCB networks (dck_lightning)."},
+            parser_kwargs={"prog": "dck", "description": "Train DCK/DCB networks (dck_lightning)."},
+            parser_class=DCKArgumentParser,
         )
         exit_code, status = 0, "finished"
         return cli
@@ -529,6 +603,9 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
             session.close(status, exit_code, error_line)
         del _SESSIONS[opened:]
         _finish_wandb_run(exit_code, preempted)
+        for summary in _SUMMARIES[summaries:]:
+            summary.flush()  # after W&B's summary: the result is the last thing printed
+        del _SUMMARIES[summaries:]
         if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
@@ -537,21 +614,10 @@ def main(args: Optional[list[str]] = None) -> DCKLightningCLI:
 
 
 def entry_point() -> None:
-    """The ``dck`` console script. It returns nothing: the script does ``sys.exit(entry_point())``
-    and any other return value would turn a successful run into exit status 1.
-
-    ``dck sweep ...`` is :mod:`dck_lightning.sweep` (it runs ``dck fit``/``dck test`` itself);
-    ``dck export ...`` is :mod:`dck_lightning.export`. Both are handled before LightningCLI.
-    """
-    if sys.argv[1:2] == ["sweep"]:
-        from .sweep import main as sweep_main
-
-        raise SystemExit(sweep_main(sys.argv[2:]))
-    if sys.argv[1:2] == ["export"]:
-        from .export import main as export
-
-        export(sys.argv[2:])
-        return
+    """The ``dck`` console script (and ``python -m dck_lightning``). It returns nothing: the
+    script does ``sys.exit(entry_point())`` and any other return value would turn a successful
+    run into exit status 1. ``dck sweep``/``dck export`` are handled before LightningCLI
+    (:func:`other_command`)."""
     main()
 
 

@@ -64,6 +64,27 @@ FINISHED, FAILED, PENDING, INTERRUPTED = "finished", "failed", "pending", "inter
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
+class _SwitchLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only ``true``/``false``. PyYAML (YAML 1.1) also reads
+    ``on``/``off``/``yes``/``no`` as booleans, so ``dck=[adaptive,off]`` gave the DCK switch
+    ``false``; here they stay strings, and ``dck fit`` reads them as the key's type does
+    (``"off"`` for a string switch, ``false`` for a ``bool``)."""
+
+
+_SwitchLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SwitchLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` as YAML, ``on``/``off``/``yes``/``no`` kept as strings (:class:`_SwitchLoader`)."""
+    return yaml.load(text, Loader=_SwitchLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 # -- the sweep ---------------------------------------------------------------------------------
 
 
@@ -114,7 +135,7 @@ class SweepSpec:
     @classmethod
     def from_file(cls, path: Path) -> SweepSpec:
         """Read a sweep file (the keys of :meth:`to_dict`; ``seeds`` may be a count)."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = load_yaml(Path(path).read_text()) or {}
         if not isinstance(data, Mapping):
             raise SweepError(f"{path}: a sweep file is a mapping of name, configs, grid, ...")
         known = set(cls.__dataclass_fields__)
@@ -677,7 +698,7 @@ def _parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         key, sep, values = item.partition("=")
         if not sep or not key:
             raise SweepError(f"--grid takes KEY=[v1,v2,...], got {item!r}")
-        parsed = yaml.safe_load(values)
+        parsed = load_yaml(values)
         grid[key.lstrip("-")] = parsed if isinstance(parsed, list) else [parsed]
     return grid
 
@@ -691,7 +712,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("spec", nargs="?", help="a sweep file (YAML); command-line options add to it")
     p.add_argument("-c", "--config", action="append", default=[], help="config of every run")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=[v1,v2,...]")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=[v1,v2,...]",
+        help="values of a config key, as YAML (on/off/yes/no stay words; dck fit reads them as "
+        "the key's type does)",
+    )
     p.add_argument("--seeds", type=int, help="seeds 1..N (default: 1, or the sweep file's)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, one torch thread each")
     p.add_argument("--name", help="sweep name (default: the sweep file's, or the config's)")

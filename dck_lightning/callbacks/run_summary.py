@@ -15,10 +15,27 @@ class RunSummary(Callback):
 
     Args:
         run_dir (str, optional): the run folder (default: ``trainer.log_dir``).
+        defer (bool): keep the lines in :attr:`pending` until :meth:`flush` instead of printing
+            them at the stage's end. ``dck`` flushes after the W&B run is finished (W&B prints
+            its summary then), so that the result is the command's last output.
     """
 
-    def __init__(self, run_dir: Optional[str] = None) -> None:
+    def __init__(self, run_dir: Optional[str] = None, defer: bool = False) -> None:
         self.run_dir = run_dir
+        self.defer = defer
+        self.pending: list[str] = []
+
+    def _say(self, text: str) -> None:
+        if self.defer:
+            self.pending.append(text)
+        else:
+            print(text, flush=True)
+
+    def flush(self) -> None:
+        """Print the deferred lines (see ``defer``)."""
+        for text in self.pending:
+            print(text, flush=True)
+        self.pending.clear()
 
     def _folder(self, trainer: pl.Trainer) -> str:
         # Not trainer.log_dir: it is a collective call under DDP, and this runs on rank 0 only.
@@ -58,7 +75,7 @@ class RunSummary(Callback):
         if last:
             line += f"\n  last checkpoint: {last}"
         line += f"\n  logs and config: {self._folder(trainer)}"
-        print(line, flush=True)
+        self._say(line)
 
     @rank_zero_only
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -68,4 +85,4 @@ class RunSummary(Callback):
             if k.startswith("test/") and "/" not in k[5:]
         }
         summary = ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"Finished test: {summary}\n  logs: {self._folder(trainer)}", flush=True)
+        self._say(f"Finished test: {summary}\n  logs: {self._folder(trainer)}")

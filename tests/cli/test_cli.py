@@ -342,3 +342,60 @@ def test_the_embedded_default_does_not_leak_into_a_config(capsys):
     data_only = print_config(capsys, "--data", "dck_lightning.data.MNISTDataModule")
     assert data_only["model"]["init_args"]["lr_scheduler"]["class_path"].endswith("OneCycleLR")
     assert data_only["data"]["init_args"]["batch_size"] != DEFAULT_DATA["init_args"]["batch_size"]
+
+
+def test_the_result_lines_come_last_after_the_wandb_run_is_finished(tmp_path, capsys, monkeypatch):
+    """W&B prints its run summary when the run is finished; ``Finished fit: …`` (metric,
+    checkpoints, run folder) comes after it, as the command's last lines."""
+    import dck_lightning.cli as cli_module
+
+    finish = cli_module._finish_wandb_run
+
+    def finish_and_say(*args):
+        print("W&B run summary")
+        finish(*args)
+
+    monkeypatch.setattr(cli_module, "_finish_wandb_run", finish_and_say)
+    main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled")])
+    out = capsys.readouterr().out.strip().splitlines()
+    result = next(i for i, line in enumerate(out) if line.startswith("Finished fit: val/acc"))
+    assert out.index("W&B run summary") < result
+    assert out[result + 1].startswith("  best checkpoint: ")
+    assert out[-1] == f"  logs and config: {(tmp_path / 'default' / 'version_0').resolve()}"
+
+
+def test_validate_and_test_take_a_run_folder_as_ckpt_path(tmp_path, capsys, caplog):
+    """``--ckpt_path <run folder>`` is that run's best checkpoint (a log line says which)."""
+    import logging
+
+    main(["fit", *tiny_args(tmp_path, "--run.wandb", "disabled")])
+    run_dir = tmp_path / "default" / "version_0"
+    (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
+    for command in ("validate", "test"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            args = tiny_args(tmp_path, "--run.wandb", "disabled")
+            main([command, *args, "--ckpt_path", str(run_dir)])
+        assert f"--ckpt_path {run_dir}: the run's best checkpoint, {best}" in caplog.text
+    assert "Finished test: test/acc" in capsys.readouterr().out
+
+
+def test_a_run_folder_without_checkpoints_as_ckpt_path_is_one_error_line(tmp_path, capsys):
+    run_dir = tmp_path / "default" / "version_0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("{}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--run.root", str(tmp_path / "runs"), "--ckpt_path", str(run_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"dck: error: --ckpt_path {run_dir}: a folder without checkpoints" in err
+    assert not (tmp_path / "runs").exists()  # stopped before anything was made
+
+
+def test_readme_config_table_gives_the_default_configs_epochs():
+    epochs = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["trainer"][
+        "max_epochs"
+    ]
+    readme = (REPO / "README.md").read_text().splitlines()
+    row = next(line for line in readme if line.startswith("| `configs/default.yaml` |"))
+    assert row.rstrip(" |").endswith(f", {epochs} epochs"), row

@@ -125,6 +125,36 @@ def test_shipped_sweep_files_give_commands_the_cli_accepts(sweep_file, capsys, m
             assert node == value or (value == "off" and node in ("off", False)), (key, node)
 
 
+DEFORM = "model.init_args.backbone.init_args.deform"
+
+
+def test_grid_words_off_on_yes_no_reach_the_cli_as_written(tmp_path, capsys):
+    """PyYAML reads ``off``/``on``/``yes``/``no`` as booleans: ``dck=[adaptive,off]`` gave the
+    DCK switch ``false`` and both runs of that arm failed. The words reach ``dck fit`` as
+    written, and it reads them as each key's type does."""
+    args = ["--root", str(tmp_path), "--name", "s", "--grid", f"{DCK}=[adaptive,off]",
+            "--grid", f"{DEFORM}=[yes,no]", "--dry-run"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"--{DCK} off " in out and f"--{DEFORM} no " in out and f"--{DEFORM} yes " in out
+    assert "dck=off,deform=no/seed_1" in out and "false" not in out
+    spec = SweepSpec.from_file(tmp_path / "s" / "sweep.yaml")  # as recorded, read back
+    assert spec.grid == {DCK: ["adaptive", "off"], DEFORM: ["yes", "no"]}
+    run = next(r for r in plan_runs(spec) if r.combination == "dck=off,deform=no")
+    with pytest.raises(SystemExit) as exit_info:
+        dck([*run.command(spec, "fit")[3:], "--print_config"])
+    assert exit_info.value.code in (0, None)
+    backbone = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["backbone"]
+    assert backbone["init_args"]["dck"] == "off" and backbone["init_args"]["deform"] is False
+
+
+def test_a_sweep_file_keeps_off_as_a_string(tmp_path):
+    path = tmp_path / "arms.yaml"
+    path.write_text(f"variants:\n  plain: {{{DCK}: off}}\ngrid:\n  {DEFORM}: [true, false]\n")
+    spec = SweepSpec.from_file(path)
+    assert spec.variants == {"plain": {DCK: "off"}} and spec.grid == {DEFORM: [True, False]}
+
+
 # -- state, report, SLURM and W&B files ------------------------------------------------------------
 
 
