@@ -236,14 +236,25 @@ class RunFolder:
         return out
 
     def outcome(self) -> tuple[Optional[str], Optional[str]]:
-        """``(command, status)`` of the folder (see the module docstring); ``(None, None)``
-        without a record, except ``("fit", None)`` for an older folder with a checkpoint."""
+        """``(command, status)`` of the folder (see the module docstring). A folder without a
+        record (older than it) is ``("fit", None)`` when it has a checkpoint or logged
+        ``train/`` metrics, else ``(None, None)``."""
         entries = [e for e in self.commands() if not e.get("archived")]
         if not entries:
-            return ("fit", None) if self.last is not None else (None, None)
+            return ("fit", None) if self._looks_trained() else (None, None)
         fits = [e for e in entries if e.get("command") == "fit"]
         entry = (fits or entries)[-1]
         return entry.get("command"), entry.get("status")
+
+    def _looks_trained(self) -> bool:
+        if self.last is not None:
+            return True
+        try:
+            with self.metrics_csv.open(newline="") as file:
+                header = next(csv.reader(file), [])
+        except OSError:
+            return False
+        return any(name.startswith("train/") for name in header)
 
     def _write_record(self, entries: Sequence[Mapping[str, Any]]) -> None:
         temporary = self.path / f".{RUN_RECORD}.tmp"

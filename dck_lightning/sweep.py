@@ -29,6 +29,7 @@ The run folders are read back through :func:`dck_lightning.analysis.load_runs`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -40,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -318,6 +319,11 @@ class _Job:
         self, spec: SweepSpec, run: PlannedRun, previous: Mapping[str, Any], code: str = "unknown"
     ) -> None:
         self.spec, self.run = spec, run
+        if previous.get("state") == FAILED and previous.get("fingerprint") != run.fingerprint(spec):
+            # Retried with other settings: the folder must show this attempt's, not a mix.
+            from .run_folder import RunFolder
+
+            RunFolder(run.run_dir).archive_attempt()
         codes = [c for c in previous.get("code", []) if c != code]
         self.status: dict[str, Any] = {
             "state": "running",
@@ -374,14 +380,25 @@ class _Job:
         _write_status(self.run, self.status)
         return True
 
-    def stop(self) -> None:
-        """Stop it (SIGTERM: ``dck`` writes ``last.ckpt`` first); the run is ``interrupted``."""
+    def terminate(self) -> None:
+        """Send the child SIGTERM (``dck`` then writes ``last.ckpt`` and exits)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, deadline: Optional[float] = None) -> None:
+        """Stop it (SIGTERM, then wait for it until ``deadline``, a :func:`time.monotonic`
+        time — default :data:`STOP_TIMEOUT` from now — and SIGKILL after); the run is
+        ``interrupted``."""
+        self.terminate()
+        if self.process is not None:
+            wait = (
+                time.monotonic() + STOP_TIMEOUT if deadline is None else deadline
+            ) - time.monotonic()
             try:
-                self.process.wait(timeout=60)
+                self.process.wait(timeout=max(wait, 0.1))
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
         self._log.close()
         self.status["state"] = INTERRUPTED
         _write_status(self.run, self.status)
@@ -406,23 +423,84 @@ def pending_runs(spec: SweepSpec, runs: Sequence[PlannedRun]) -> list[PlannedRun
 
 #: Seconds between two readings of the load average of the machine (kept per run).
 LOAD_INTERVAL = 10.0
+#: Seconds a stopped sweep waits for its runs to save ``last.ckpt`` and exit before SIGKILL.
+STOP_TIMEOUT = 120.0
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep got SIGTERM or SIGINT (``signum``); its runs were stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise SweepInterrupted(signum)
+
+
+def _stop_jobs(jobs: Sequence[_Job]) -> None:
+    """SIGTERM to every running child at once, then wait for each (see :meth:`_Job.stop`);
+    further signals are ignored meanwhile, so the children are never orphaned."""
+    handlers = _set_handlers(signal.SIG_IGN)
+    try:
+        for job in jobs:
+            job.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for job in jobs:
+            job.stop(deadline)
+    finally:
+        _restore_handlers(handlers)
+
+
+def _set_handlers(handler: Any) -> dict[int, Any]:
+    """Set ``handler`` for SIGTERM and SIGINT (main thread only); returns the previous ones."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back inside the block (delivered at its end)."""
+    signals = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _restore_handlers(handlers: Mapping[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def run_sweep(spec: SweepSpec, runs: Sequence[PlannedRun], jobs: int = 1) -> None:
     """Run ``runs`` (``jobs`` at a time); progress lines on stdout. Each run's status keeps
     the code version it ran (:func:`code_version`) and the machine's mean 1-minute load
-    average while it ran (read every :data:`LOAD_INTERVAL` seconds)."""
+    average while it ran (read every :data:`LOAD_INTERVAL` seconds).
+
+    SIGTERM or SIGINT (Ctrl-C) to the sweep stops its running children first — SIGTERM to
+    each, so ``dck fit`` saves ``last.ckpt``; the sweep waits for them (SIGKILL after
+    :data:`STOP_TIMEOUT` s) and marks them ``interrupted`` — then raises
+    :class:`SweepInterrupted`. The children run in sessions of their own, so a terminal's
+    Ctrl-C reaches only the sweep, which passes it on this way."""
     queue = list(runs)
     active: list[_Job] = []
     done = 0
     code = code_version()
     next_load = time.monotonic()
+    handlers = _set_handlers(_interrupt)
     try:
         while queue or active:
             while queue and len(active) < jobs:
                 run = queue.pop(0)
                 print(f"[{done + len(active) + 1}/{len(runs)}] {run.run_dir}", flush=True)
-                active.append(_Job(spec, run, read_status(run), code))
+                with _signals_blocked():  # a child started is a child in `active`
+                    active.append(_Job(spec, run, read_status(run), code))
             time.sleep(0.2)
             if time.monotonic() >= next_load:
                 load = os.getloadavg()[0]
@@ -441,9 +519,10 @@ def run_sweep(spec: SweepSpec, runs: Sequence[PlannedRun], jobs: int = 1) -> Non
                 )
                 print(f"  {state}: {job.run.run_dir}{extra}", flush=True)
     except KeyboardInterrupt:
-        for job in active:
-            job.stop()
+        _stop_jobs(active)
         raise
+    finally:
+        _restore_handlers(handlers)
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -499,7 +578,7 @@ def summarise(
     :func:`~dck_lightning.analysis.load_runs`) and the runs' sweep states."""
     from .analysis import load_runs
 
-    loaded = load_runs(spec.folder) if spec.folder.is_dir() else pd.DataFrame()
+    loaded = load_runs(spec.folder, include="all") if spec.folder.is_dir() else pd.DataFrame()
     by_dir = (
         {Path(d).resolve(): row for d, (_, row) in zip(loaded["run_dir"], loaded.iterrows())}
         if len(loaded)
@@ -801,9 +880,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SweepError as error:
         print(f"dck sweep: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         print("dck sweep: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
+        return 128 + getattr(error, "signum", signal.SIGINT)
     print(report.read_text())
     print(f"Table: {spec.folder / 'sweep.csv'}, {report}")
     states = [read_status(run).get("state") for run in runs]

@@ -7,7 +7,15 @@ A run is a folder written by the ``dck`` CLI (see :mod:`dck_lightning.runs`)::
 or a W&B run, read through ``wandb.Api()``. Both give the same columns:
 
 - ``run`` (``<name>/<version>``), ``run_dir``, ``wandb_id``, ``source`` (``"local"`` / ``"wandb"``);
-- the resolved config flattened to dotted keys, e.g. ``model.init_args.backbone.init_args.dck``,
+- ``command`` (``fit``, ``validate``, ``test``, ``predict``) and ``status`` (``running``,
+  ``finished``, ``failed``, ``interrupted``) of the run folder, from its ``run.json``
+  (:meth:`~dck_lightning.run_folder.RunFolder.outcome`: a sweep's fit folder, tested in
+  place, is a ``fit``). Folders older than ``run.json`` are a ``fit`` of unknown status when
+  they have a checkpoint, else of unknown command; a W&B run is a ``fit`` when it logged
+  ``train/`` metrics, its status W&B's state (``crashed``/``killed``/``preempted``:
+  ``interrupted``);
+- the resolved config flattened to dotted keys (of a fit folder: its fit commands' configs,
+  not a later ``dck test``'s), e.g. ``model.init_args.backbone.init_args.dck``,
   ``trainer.max_epochs``, ``seed_everything`` (lists become tuples so columns can be grouped);
 - ``best/<metric>`` and ``final/<metric>`` for every logged metric: the best value over the
   run with the metric's mode (:func:`metric_mode`: ``min`` for losses, ``max`` for accuracy,
@@ -15,6 +23,12 @@ or a W&B run, read through ``wandb.Api()``. Both give the same columns:
   ``final/``;
 - ``monitor`` (the task's checkpoint metric), ``epochs``, ``steps``;
 - ``best_checkpoint`` and ``last_checkpoint`` (paths; W&B: artifact names, when logged).
+
+**Which runs** (``include``, of :func:`load_runs` and :func:`varying_columns`): by default
+the fits that did not fail (finished, interrupted, running, or of unknown status) — the runs
+worth comparing. The folders a ``dck test``/``validate``/``predict`` of its own writes and the
+failed fits are left out; ``include="all"`` keeps every run folder, and a list of commands
+and statuses chooses, e.g. ``include=("fit", "failed")`` for the failed fits.
 
 Example::
 
@@ -32,13 +46,14 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import pandas as pd
 
-from ..run_folder import RunFolder, is_run_folder, newest_run
+from ..run_folder import RUN_STATUSES, RunFolder, is_run_folder, newest_run
 
 __all__ = [
+    "DEFAULT_INCLUDE",
     "RUN_COLUMNS",
     "find_checkpoint",
     "find_runs",
@@ -47,6 +62,7 @@ __all__ = [
     "load_history",
     "load_runs",
     "metric_mode",
+    "select_runs",
     "summary_table",
     "varying_columns",
 ]
@@ -57,6 +73,8 @@ PathLike = Union[str, os.PathLike]
 RUN_COLUMNS = (
     "run",
     "source",
+    "command",
+    "status",
     "run_dir",
     "wandb_id",
     "monitor",
@@ -65,6 +83,15 @@ RUN_COLUMNS = (
     "best_checkpoint",
     "last_checkpoint",
 )
+
+#: The runs :func:`load_runs` and :func:`varying_columns` keep by default: fits that did not fail.
+DEFAULT_INCLUDE = ("fit", "finished", "interrupted", "running")
+_COMMANDS = ("fit", "validate", "test", "predict")
+#: W&B run states as run statuses.
+_WANDB_STATES = {
+    "finished": "finished", "failed": "failed", "running": "running", "crashed": "interrupted",
+    "killed": "interrupted", "preempted": "interrupted", "preempting": "interrupted",
+}  # fmt: skip
 
 #: Metrics whose best value means nothing (only ``final/`` is reported).
 _FINAL_ONLY_PREFIXES = ("lr-", "kernels/", "model/")
@@ -322,14 +349,17 @@ def _task_attributes(class_path: str | None) -> tuple[str | None, dict[str, str]
 
 
 def _local_row(run_dir: Path, modes: Mapping[str, str] | None) -> dict[str, Any]:
-    config = load_config(run_dir)
+    folder = RunFolder(run_dir)
+    command, status = folder.outcome()
+    config = folder.config_of("fit") if command == "fit" else folder.config()
     flat = flatten_config(config)
     monitor, task_modes = _task_attributes(flat.get("model.class_path"))
-    folder = RunFolder(run_dir)
     best, last = folder.best, folder.last
     row: dict[str, Any] = {
         "run": f"{run_dir.parent.name}/{run_dir.name}",
         "source": "local",
+        "command": command,
+        "status": status,
         "run_dir": str(run_dir.resolve()),
         "wandb_id": folder.wandb_run_id(),
         "monitor": monitor,
@@ -434,9 +464,12 @@ def _wandb_row(run: Any, modes: Mapping[str, str] | None) -> dict[str, Any]:
     if isinstance(root, str) and name and (Path(root) / name / "metrics.csv").is_file():
         run_dir = str((Path(root) / name).resolve())
     checkpoints = _wandb_checkpoints(run)
+    history = _history_from_wandb(run)
     row: dict[str, Any] = {
         "run": name or run.id,
         "source": "wandb",
+        "command": "fit" if any(str(c).startswith("train/") for c in history.columns) else None,
+        "status": _WANDB_STATES.get(str(getattr(run, "state", "")), None),
         "run_dir": run_dir,
         "wandb_id": run.id,
         "wandb_path": path,
@@ -445,7 +478,7 @@ def _wandb_row(run: Any, modes: Mapping[str, str] | None) -> dict[str, Any]:
         "last_checkpoint": checkpoints["last"],
     }
     row.update(flat)
-    row.update(_summarise(_history_from_wandb(run), {**task_modes, **(modes or {})}))
+    row.update(_summarise(history, {**task_modes, **(modes or {})}))
     return row
 
 
@@ -459,6 +492,48 @@ def _order_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[meta + metrics + config]
 
 
+def _included(include: Union[str, Iterable[str]]) -> Optional[tuple[set[str], set[str]]]:
+    """``(commands, statuses)`` an ``include`` argument asks for (an empty set: any), or
+    ``None`` for ``"all"``."""
+    words = {include} if isinstance(include, str) else set(include)
+    if "all" in words:
+        return None
+    unknown = words - set(_COMMANDS) - set(RUN_STATUSES)
+    if unknown:
+        raise ValueError(
+            f"include: unknown {sorted(unknown)}; give 'all' or commands {_COMMANDS} and "
+            f"statuses {RUN_STATUSES}"
+        )
+    return words & set(_COMMANDS), words & set(RUN_STATUSES)
+
+
+def _row_included(row: Mapping[str, Any], wanted: Optional[tuple[set[str], set[str]]]) -> bool:
+    if wanted is None:
+        return True
+    commands, statuses = wanted
+    status = row.get("status")
+    return (not commands or row.get("command") in commands) and (
+        not statuses or status is None or status in statuses
+    )
+
+
+def select_runs(
+    runs: pd.DataFrame, include: Union[str, Iterable[str]] = DEFAULT_INCLUDE
+) -> pd.DataFrame:
+    """The rows of ``runs`` whose ``command`` and ``status`` ``include`` asks for (see the
+    module docstring); a row of unknown status passes the status test."""
+    wanted = _included(include)
+    if wanted is None or runs.empty:
+        return runs
+    commands, statuses = wanted
+    keep = pd.Series(True, index=runs.index)
+    if commands and "command" in runs:
+        keep &= runs["command"].isin(commands)
+    if statuses and "status" in runs:
+        keep &= runs["status"].isin(statuses) | runs["status"].isna()
+    return runs[keep]
+
+
 def load_runs(
     root_or_paths: Union[PathLike, Iterable[PathLike], None] = None,
     *,
@@ -466,6 +541,7 @@ def load_runs(
     api: Any = None,
     filters: Mapping[str, Any] | None = None,
     modes: Mapping[str, str] | None = None,
+    include: Union[str, Iterable[str]] = DEFAULT_INCLUDE,
 ) -> pd.DataFrame:
     """One row per run: flattened config, best and final metrics, checkpoints, W&B id.
 
@@ -477,11 +553,14 @@ def load_runs(
         api: the W&B API object to use (default ``wandb.Api()``); tests pass a fake.
         filters: W&B run filters (MongoDB-style, e.g. ``{"state": "finished"}``).
         modes: ``{metric: "min" | "max"}`` overriding :func:`metric_mode` for ``best/``.
+        include: which runs (see the module docstring): default :data:`DEFAULT_INCLUDE`, the
+            fits that did not fail; ``"all"``: every run folder.
 
     Returns:
         A :class:`~pandas.DataFrame` with the columns described in the module docstring,
         ordered: run columns, metrics, config. Local runs are sorted by folder.
     """
+    _included(include)  # a bad value fails before anything is read
     if root_or_paths is None and wandb_project is None:
         raise ValueError(
             "give a runs folder (or run folders) and/or wandb_project='entity/project'"
@@ -501,17 +580,23 @@ def load_runs(
         wandb_api = _wandb_api(api)
         runs = wandb_api.runs(wandb_project, filters=dict(filters) if filters else None)
         rows.extend(_wandb_row(run, modes) for run in runs)
+    rows = [row for row in rows if _row_included(row, _included(include))]
     frame = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=list(RUN_COLUMNS))
     return _order_columns(frame).reset_index(drop=True)
 
 
-def varying_columns(runs: pd.DataFrame, prefix: str = "") -> list[str]:
+def varying_columns(
+    runs: pd.DataFrame, prefix: str = "", include: Union[str, Iterable[str]] = DEFAULT_INCLUDE
+) -> list[str]:
     """Config columns (not run, metric or path columns) whose value differs between runs.
 
     The ablation switches of a table, e.g. ``["model.init_args.backbone.init_args.dck",
-    "seed_everything"]``. The ``run.*`` section (where and how a run logs), ``config`` and
+    "seed_everything"]``. Only the runs ``include`` asks for are compared (default: the fits
+    that did not fail, as :func:`load_runs`; a table loaded with ``include="all"`` still
+    compares only those). The ``run.*`` section (where and how a run logs), ``config`` and
     ``ckpt_path`` are left out: they never change the model.
     """
+    runs = select_runs(runs, include)
     skip = set(RUN_COLUMNS) | {"wandb_path", "config", "ckpt_path"}
     out = []
     for column in runs.columns:

@@ -14,6 +14,7 @@ only says how to read each split (:meth:`~InMemoryClassificationDataModule.load_
 how to download it, and what to report when it is missing.
 """
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -30,6 +31,7 @@ from .batch_augment import normalize, to_float
 from .collate import detection_collate
 from .errors import DataNotFoundError
 from .image_files import ImageFilesDataset, find_images
+from .resumable import ResumableDataLoader, ResumableSampler
 from .tensor_dataset import BatchedTensorDataset, passthrough_collate
 
 __all__ = [
@@ -171,6 +173,7 @@ class BaseDataModule(pl.LightningDataModule):
         # Scale-out: generator states restored from a checkpoint, applied when each is created.
         self._pending_generator_states: dict[str, Tensor] = {}
         self._augment_seed_offset = 0
+        self._pending_loader_state: Optional[dict[str, Any]] = None
 
     def _set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Set ``mean``/``std`` (identity statistics when ``normalize`` is off)."""
@@ -199,8 +202,7 @@ class BaseDataModule(pl.LightningDataModule):
         size = len(dataset)  # type: ignore[arg-type]
         options: dict[str, Any] = dict(
             batch_size=self.batch_size,
-            shuffle=train,
-            sampler=None if train else self._unpadded_sampler(dataset),
+            sampler=self._train_sampler(dataset) if train else self._unpadded_sampler(dataset),
             # Drop a ragged last training batch (BatchNorm dislikes a batch of one), unless
             # the whole set fits in one batch.
             drop_last=train and size > self.batch_size,
@@ -210,7 +212,14 @@ class BaseDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
         options.update(self.loader_options(train))
-        return DataLoader(dataset, **options)
+        if not train:
+            return DataLoader(dataset, **options)
+        loader = ResumableDataLoader(dataset, **options)
+        loader.progress = self._trained_batches
+        if self._pending_loader_state is not None:
+            loader.load_state_dict(self._pending_loader_state)
+            self._pending_loader_state = None
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""
@@ -249,6 +258,38 @@ class BaseDataModule(pl.LightningDataModule):
     def _needs_test_set(self, stage: Optional[str]) -> bool:
         """Whether ``setup(stage)`` reads the test split (``predict`` reads ``predict_dir`` instead)."""
         return stage in (None, "test") or (stage == "predict" and self.predict_dir is None)
+
+    # -- scale-out: a training order that resumes mid-epoch -------------------------------------
+
+    def _train_sampler(self, dataset: Dataset) -> ResumableSampler:
+        """The training sampler: this rank's share of a per-epoch permutation of
+        ``PL_GLOBAL_SEED`` (``seed_everything``'s seed; else ``seed``) + the epoch, resumable
+        mid-epoch (:mod:`~dck_lightning.data.resumable`)."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", self.seed))
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=seed)
+        if trainer is not None:  # a checkpoint without loader state: at least its epoch's order
+            sampler.set_epoch(trainer.current_epoch)
+        return sampler
+
+    def resume_train_loader(self, state: dict[str, Any]) -> None:
+        """Give the next training loader a checkpoint's loader state (its
+        :meth:`~dck_lightning.data.resumable.ResumableDataLoader.load_state_dict`) as it is
+        built. Lightning hands the state to the loader itself only when it builds the loader
+        after restoring the loops; a schedule that asks for ``estimated_stepping_batches``
+        makes it build the loader earlier, and the state would be lost
+        (:class:`~dck_lightning.callbacks.ResumeState` calls this when a checkpoint loads)."""
+        self._pending_loader_state = dict(state)
+
+    def _trained_batches(self) -> tuple[int, bool]:
+        """``(batches trained in this epoch, whether its training is over)``, for the training
+        loader's state in a checkpoint."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, True
+        processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return processed, processed >= trainer.num_training_batches
 
     # -- scale-out: unpadded evaluation under DDP ---------------------------------------------
 
