@@ -618,6 +618,11 @@ def entry_point() -> None:
     script does ``sys.exit(entry_point())`` and any other return value would turn a successful
     run into exit status 1. ``dck sweep``/``dck export`` are handled before LightningCLI
     (:func:`other_command`)."""
+    if sys.argv[1:2] and sys.argv[1] in OTHER_COMMANDS:
+        code = other_command(sys.argv[1:])
+        if code:
+            raise SystemExit(code)
+        return
     main()
 
 

@@ -22,9 +22,13 @@ DataModule, or ``--image_size``), and returns:
   for a detection head run outside the exported graph.
 
 ONNX models use the ``torch`` sampling backend's gathers (``Gather``/``Mul``/``ReduceSum``/
-``MatMul``, opset 18) and run in onnxruntime. A JSON file beside the export records the input
-and outputs, the class names and the checkpoint it came from. An existing file is never
-overwritten.
+``MatMul``, opset 18) and run in onnxruntime. A JSON file beside the export (``<file>.json``)
+says what the file needs without the repository: the input size, channel order (``RGB`` or
+``L``), value range, the ``mean``/``std`` numbers and the formula that turns an 8-bit image
+into the input, the outputs, the class names and the checkpoint it came from
+(:func:`input_description`). The training image size, normalisation and class names come from
+the checkpoint's DataModule (its class and arguments, recorded by ``dck fit``; CIFAR-10
+32×32, MNIST 28×28, the others their ``image_size``). An existing file is never overwritten.
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .deploy import freeze
+from .run_folder import RunFolder
 
 FORMATS = ("onnx", "torchscript", "exported_program")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}
@@ -87,15 +92,19 @@ def _task_network(task, detection_features: bool) -> tuple[nn.Module, list[str]]
     )
 
 
-def _image_size(task, image_size: Optional[Sequence[int]]) -> tuple[int, int]:
+def _image_size(
+    image_size: Optional[Sequence[int]], datamodule: Optional[Any] = None
+) -> tuple[int, int]:
+    """``--image_size`` (H, or H W), else the DataModule's ``image_size``."""
     if image_size:
         size = tuple(image_size) * (2 if len(image_size) == 1 else 1)
     else:
-        hparams = getattr(task, "_dck_datamodule_hparams", None) or {}
-        size = hparams.get("image_size")
+        size = getattr(datamodule, "image_size", None)
         if size is None:
+            where = type(datamodule).__name__ if datamodule is not None else "the checkpoint"
             raise ExportError(
-                "the checkpoint does not record the image size; give it: --image_size H [W]"
+                f"{where} does not fix the image size (its images keep their own); "
+                "give it: --image_size H [W]"
             )
         size = (size, size) if isinstance(size, int) else tuple(size)
     if len(size) != 2 or min(size) < 1:
@@ -103,8 +112,51 @@ def _image_size(task, image_size: Optional[Sequence[int]]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def _datamodule_spec(checkpoint: dict[str, Any], path: Path) -> Optional[dict[str, Any]]:
+    """``{"class_path", "init_args"}`` of the DataModule a checkpoint was trained with: its
+    ``datamodule_hyper_parameters`` (``dck fit`` records the class there), else ``data`` in
+    its run folder's config."""
+    hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    class_path = hparams.pop("_class_path", None)
+    if class_path:
+        init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
+        return {"class_path": class_path, "init_args": init_args}
+    folder = RunFolder.of_checkpoint(path)
+    data = folder.config.get("data") if folder is not None else None
+    if isinstance(data, dict) and isinstance(data.get("class_path"), str):
+        return {"class_path": data["class_path"], "init_args": dict(data.get("init_args") or {})}
+    return None
+
+
+def build_datamodule(spec: dict[str, Any]) -> Any:
+    """The DataModule of ``spec`` (built, not set up: no data is read). The class is checked
+    to be a :class:`~dck_lightning.data.BaseDataModule` before it is called."""
+    import importlib
+
+    from .data import BaseDataModule
+
+    class_path = spec["class_path"]
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        message = f"the checkpoint's DataModule {class_path} cannot be imported: {error}"
+        raise ExportError(message) from error
+    if not (isinstance(cls, type) and issubclass(cls, BaseDataModule)):
+        raise ExportError(
+            f"the checkpoint names {class_path} as its DataModule, which is not a "
+            "dck_lightning BaseDataModule: refused (it would run arbitrary code)"
+        )
+    try:
+        return cls(**spec["init_args"])
+    except (TypeError, ValueError) as error:
+        message = f"the checkpoint's DataModule {class_path} cannot be rebuilt: {error}"
+        raise ExportError(message) from error
+
+
 def load_checkpoint_task(ckpt_path: str):
-    """The task of a checkpoint (eval mode, CPU), with its DataModule's hyperparameters."""
+    """The task of a checkpoint (eval mode, CPU), with ``task.datamodule_spec``: the class and
+    arguments of the DataModule it was trained with (``None`` when unknown)."""
     from .analysis import load_task
 
     path = Path(ckpt_path)
@@ -112,8 +164,50 @@ def load_checkpoint_task(ckpt_path: str):
         raise ExportError(f"--ckpt_path {ckpt_path}: no such file or folder")
     task = load_task(path)
     checkpoint = torch.load(task.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
-    task._dck_datamodule_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    task.datamodule_spec = _datamodule_spec(checkpoint, Path(task.checkpoint_path))
     return task
+
+
+def _class_names(task: Any, datamodule: Optional[Any]) -> Optional[list[str]]:
+    """The task's ``class_names``, else the DataModule's (``None`` where neither knows them,
+    e.g. an image-folder DataModule whose folders are not on this machine)."""
+    names = task.hparams.get("class_names")
+    if not names and datamodule is not None:
+        try:
+            names = datamodule.class_names
+        except (AttributeError, OSError):  # DataNotFoundError is an OSError
+            names = None
+    return [str(name) for name in names] if names else None
+
+
+def input_description(
+    datamodule: Optional[Any], in_channels: int, height: int, width: int
+) -> dict[str, Any]:
+    """The exported input, in numbers: an 8-bit ``RGB`` (3 channels) or greyscale ``L`` (1
+    channel) image resized to ``height × width``, each value ``(pixel / 255 - mean[c]) /
+    std[c]``, ``float32 NCHW``.
+
+    ``mean``/``std`` are the DataModule's (``0``/``1`` when it does not normalise); without a
+    DataModule they are ``None`` and ``normalisation`` says that they are unknown."""
+    mean = list(getattr(datamodule, "mean", None) or []) or None
+    std = list(getattr(datamodule, "std", None) or []) or None
+    return {
+        "name": INPUT_NAME,
+        "shape": ["batch", in_channels, height, width],
+        "dtype": "float32",
+        "layout": "NCHW",
+        "channels": "RGB" if in_channels == 3 else "L" if in_channels == 1 else in_channels,
+        "height": height,
+        "width": width,
+        "resize": "bilinear, to height x width (as the DataModule's test images)",
+        "value_range": [0, 255],
+        "scale": 255.0,
+        "mean": mean,
+        "std": std,
+        "normalisation": "x[c] = (pixel[c] / scale - mean[c]) / std[c], pixel in value_range"
+        if mean is not None
+        else "unknown: the checkpoint does not record its DataModule",
+    }
 
 
 def export_network(
@@ -173,8 +267,11 @@ def export_checkpoint(
             raise ExportError(f"{path} exists; choose another --output (nothing is overwritten)")
     network, output_names = _task_network(task, detection_features)
     network = freeze(network, fold_norms=fold) if fold else network.eval()
-    height, width = _image_size(task, image_size)
-    example = torch.randn(batch_size, task.hparams.in_channels, height, width)
+    spec = getattr(task, "datamodule_spec", None)
+    datamodule = build_datamodule(spec) if spec is not None else None
+    height, width = _image_size(image_size, datamodule)
+    in_channels = int(task.hparams.in_channels)
+    example = torch.randn(batch_size, in_channels, height, width)
     target.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         export_network(network, example, format, target, output_names, opset)
@@ -184,14 +281,10 @@ def export_checkpoint(
                 "format": format,
                 "checkpoint": str(Path(task.checkpoint_path).resolve()),
                 "task": f"{type(task).__module__}.{type(task).__qualname__}",
-                "input": {
-                    "name": INPUT_NAME,
-                    "shape": ["batch", task.hparams.in_channels, height, width],
-                    "dtype": "float32",
-                    "normalised": "as the DataModule normalises images (its mean/std)",
-                },
+                "datamodule": spec["class_path"] if spec is not None else None,
+                "input": input_description(datamodule, in_channels, height, width),
                 "outputs": output_names,
-                "class_names": task.hparams.get("class_names"),
+                "class_names": _class_names(task, datamodule),
                 "frozen": fold,
             },
             indent=2,
@@ -217,7 +310,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         type=int,
         nargs="+",
         metavar="SIZE",
-        help="H [W] of the input (default: the checkpoint's DataModule image size)",
+        help="H [W] of the input (default: the image size of the checkpoint's DataModule)",
     )
     parser.add_argument("--batch_size", type=int, default=2, help="batch of the example input")
     parser.add_argument(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,3 +191,93 @@ def test_detection_exports_its_backbone_features_only(checkpoints, tmp_path, cap
     assert list(out) == ["c2", "c3", "c4", "c5"]
     for name in out:
         torch.testing.assert_close(out[name], expected[name], atol=1e-4, rtol=1e-4)
+
+
+# -- what the JSON beside an export says -----------------------------------------------------------
+
+
+def fit_tiny_on(root: Path, datamodule: str, data_dir: Path) -> Path:
+    """``dck fit`` two steps of a tiny classifier on a CIFAR-10- or MNIST-format folder; the
+    run folder."""
+    dck(
+        [
+            "fit",
+            "--data", f"dck_lightning.data.{datamodule}",
+            "--data.init_args.data_dir", str(data_dir),
+            "--data.init_args.batch_size", "4",
+            "--run.root", str(root),
+            "--run.wandb", "disabled",
+            "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "1",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.callbacks", "[]",
+            "--model.init_args.backbone.init_args", TINY_BACKBONE,
+        ]
+    )  # fmt: skip
+    return root / "default" / "version_0"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_an_onnx_export_is_usable_with_its_json_alone(tmp_path, dataset):
+    """CIFAR-10 and MNIST checkpoints export without ``--image_size`` (32×32, 28×28 from the
+    DataModule); an 8-bit image normalised with the JSON's numbers only, run in onnxruntime,
+    gives the task's output on the DataModule's own batch."""
+    ort = pytest.importorskip("onnxruntime")
+    from data_fixtures import write_cifar_batches, write_mnist
+
+    from dck_lightning.data import CIFAR10_CLASSES
+    from dck_lightning.export import build_datamodule
+
+    data_dir = tmp_path / "data"
+    if dataset == "cifar10":
+        write_cifar_batches(data_dir)
+        run_dir = fit_tiny_on(tmp_path / "runs", "CIFAR10DataModule", data_dir)
+        shape, names = [3, 32, 32], list(CIFAR10_CLASSES)
+    else:
+        write_mnist(data_dir)
+        run_dir = fit_tiny_on(tmp_path / "runs", "MNISTDataModule", data_dir)
+        shape, names = [1, 28, 28], [str(digit) for digit in range(10)]
+    path = export(["--ckpt_path", str(run_dir), "--format", "onnx"])
+    info = json.loads(path.with_name(path.name + ".json").read_text())
+    spec = info["input"]
+    assert spec["shape"] == ["batch", *shape] and info["class_names"] == names
+    assert spec["channels"] == ("RGB" if shape[0] == 3 else "L")
+    assert spec["value_range"] == [0, 255] and len(spec["mean"]) == len(spec["std"]) == shape[0]
+
+    task = load_checkpoint_task(str(run_dir))
+    datamodule = build_datamodule(task.datamodule_spec)
+    datamodule.setup("test")
+    pixels, labels = next(iter(datamodule.test_dataloader()))  # uint8, as the loader gives them
+    assert pixels.dtype == torch.uint8
+    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+    inputs = ((pixels.numpy() / spec["scale"] - mean) / std).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {spec["name"]: inputs})
+    with torch.no_grad():
+        images, _ = datamodule.on_after_batch_transfer((pixels, labels), 0)
+        expected = task.model(images)
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_json_gives_the_datamodules_numbers(tmp_path):
+    from dck_lightning.data import MNISTDataModule
+    from dck_lightning.export import input_description
+
+    described = input_description(MNISTDataModule(data_dir=str(tmp_path)), 1, 28, 28)
+    assert described["mean"] == [0.1307] and described["std"] == [0.3081]
+    assert described["channels"] == "L" and described["shape"] == ["batch", 1, 28, 28]
+    plain = input_description(MNISTDataModule(data_dir=str(tmp_path), normalize=False), 1, 28, 28)
+    assert plain["mean"] == [0.0] and plain["std"] == [1.0]  # what the model saw: pixel / 255
+
+
+def test_a_datamodule_class_that_is_not_one_is_refused(tmp_path):
+    from dck_lightning.export import ExportError, build_datamodule
+
+    marker = tmp_path / "ran"
+    spec = {"class_path": "subprocess.run", "init_args": {"args": f"touch {marker}"}}
+    with pytest.raises(ExportError, match="subprocess.run .* not a dck_lightning BaseDataModule"):
+        build_datamodule(spec)
+    assert not marker.exists()
