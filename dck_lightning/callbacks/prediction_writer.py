@@ -17,6 +17,10 @@ writes depends on what the task's ``predict_step`` returns:
   palette PNGs whose pixel values are class ids, coloured with the VOC palette (16-bit
   greyscale when there are more than 256 classes).
 
+An image of ``predict_dir`` that does not decode is skipped, not fatal
+(:mod:`~dck_lightning.data.predict_set`): a one-line warning names it, ``skipped.csv`` lists it
+(``index``, ``file``, ``reason``) and the other images are predicted.
+
 Under DDP every rank writes its masks; rows and detections are gathered and rank 0 writes the
 file. An existing ``predictions`` folder is never overwritten: the next is ``predictions_1``.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -65,6 +70,13 @@ def _next_free(folder: Path) -> Path:
     return candidate
 
 
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 class PredictionWriter(BasePredictionWriter):
     """Write classification, detection or segmentation predictions (see the module docstring).
 
@@ -81,6 +93,7 @@ class PredictionWriter(BasePredictionWriter):
         self._rows: list[dict[str, Any]] = []
         self._images: list[dict[str, Any]] = []
         self._detections: list[dict[str, Any]] = []
+        self._skipped: list[dict[str, Any]] = []
         self._names: list[str] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -92,7 +105,7 @@ class PredictionWriter(BasePredictionWriter):
         self._names = _class_names(pl_module, int(pl_module.hparams.get("num_classes", 0)))
 
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._rows, self._images, self._detections = [], [], []
+        self._rows, self._images, self._detections, self._skipped = [], [], [], []
 
     # -- per batch ---------------------------------------------------------------------------
     def write_on_batch_end(
@@ -108,6 +121,15 @@ class PredictionWriter(BasePredictionWriter):
         targets = _targets(batch)
         first = batch_idx * len(targets)
         indices = list(batch_indices) if batch_indices else range(first, first + len(targets))
+        kept = self._skip_unreadable(indices, targets)
+        if len(kept) < len(targets):
+            indices, targets = [indices[i] for i in kept], [targets[i] for i in kept]
+            if isinstance(prediction, Tensor):
+                prediction = prediction[torch.as_tensor(kept, dtype=torch.long)]
+            else:
+                prediction = [prediction[i] for i in kept]
+            if not targets:
+                return
         if isinstance(prediction, Tensor):
             self._classification(pl_module, prediction, indices, targets)
         elif prediction and isinstance(prediction[0], dict):
@@ -115,6 +137,21 @@ class PredictionWriter(BasePredictionWriter):
             self._detection(prediction, indices, targets, tuple(images.shape[-2:]))
         else:
             self._segmentation(prediction, indices, targets)
+
+    def _skip_unreadable(self, indices: Sequence[int], targets: list[dict[str, Any]]) -> list[int]:
+        """Record (and warn about) the images the prediction set could not decode (targets
+        with ``skipped``); the positions of the others in the batch."""
+        kept = []
+        for position, (index, target) in enumerate(zip(indices, targets)):
+            reason = target.get("skipped")
+            if not reason:
+                kept.append(position)
+                continue
+            self._skipped.append(
+                {"index": int(index), "file": self._file(target), "reason": reason}
+            )
+            warnings.warn(f"skipped, not predicted: {reason}", UserWarning, stacklevel=2)
+        return kept
 
     @staticmethod
     def _file(target: dict[str, Any]) -> str:
@@ -180,21 +217,25 @@ class PredictionWriter(BasePredictionWriter):
 
     # -- at the end --------------------------------------------------------------------------
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        parts = self._gather(trainer, (self._rows, self._images, self._detections, self._names))
+        local = (self._rows, self._images, self._detections, self._names, self._skipped)
+        parts = self._gather(trainer, local)
         if not trainer.is_global_zero:
             return
         rows = sorted((r for part in parts for r in part[0]), key=lambda r: r["index"])
         images = sorted((i for part in parts for i in part[1]), key=lambda i: i["id"])
         detections = [d for part in parts for d in part[2]]
         names = max((part[3] for part in parts), key=len)
+        skipped = sorted((s for part in parts for s in part[4]), key=lambda s: s["index"])
         self.folder.mkdir(parents=True, exist_ok=True)
         if rows:
             path = self.folder / "predictions.csv"
-            with open(path, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            _write_csv(path, rows)
             rank_zero_info(f"Predictions of {len(rows)} images written to {path}")
+        if skipped:
+            path = self.folder / "skipped.csv"
+            _write_csv(path, skipped)
+            count = f"{len(skipped)} image{'s' if len(skipped) > 1 else ''}"
+            rank_zero_info(f"Not predicted, could not be read: {count}, listed in {path}")
         if images:
             detections.sort(key=lambda d: (d["image_id"], -d["score"]))
             for number, detection in enumerate(detections, 1):

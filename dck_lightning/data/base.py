@@ -30,7 +30,8 @@ from ..locking import file_lock
 from .batch_augment import normalize, to_float
 from .collate import detection_collate
 from .errors import DataNotFoundError
-from .image_files import ImageFilesDataset, find_images
+from .image_files import find_images
+from .predict_set import PredictImageFiles
 from .resumable import ResumableDataLoader, ResumableSampler
 from .tensor_dataset import BatchedTensorDataset, passthrough_collate
 
@@ -241,7 +242,7 @@ class BaseDataModule(pl.LightningDataModule):
         if self.predict_dir is None:
             return self._dataloader(self.test_dataset)
         if self.predict_dataset is None:
-            self.predict_dataset = ImageFilesDataset(
+            self.predict_dataset = PredictImageFiles(  # a file that does not decode: skipped
                 self.predict_dir,
                 find_images(self.predict_dir),
                 self.predict_transform(),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dck_lightning.callbacks.prediction_writer import PredictionWriter
@@ -202,3 +203,62 @@ def test_segmentation_on_the_voc_sample_images(tmp_path):
     folder = voc_sample_photos("2012")
     _, out = predict(segmentation_args(tmp_path, "voc_segmentation_fpn.yaml", folder))
     check_masks(out, original_sizes(folder), len(VOC_SEGMENTATION_CLASSES))
+
+
+# -- images that do not decode ----------------------------------------------------------------
+
+
+def unreadable(folder: Path) -> list[str]:
+    """Two files that do not decode: not an image, and a truncated PNG; their names."""
+    (folder / "bad.jpg").write_bytes(b"this is not a JPEG")
+    image = Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8))
+    image.save(folder / "broken.png")
+    data = (folder / "broken.png").read_bytes()
+    (folder / "broken.png").write_bytes(data[: len(data) // 2])
+    return ["bad.jpg", "broken.png"]
+
+
+def test_the_predict_set_gives_a_marked_placeholder_for_an_unreadable_file(tmp_path):
+    from dck_lightning.data import SyntheticShapesDataModule
+
+    photos(tmp_path)
+    unreadable(tmp_path)
+    dm = SyntheticShapesDataModule(image_size=16, predict_dir=str(tmp_path))
+    dataset = dm.predict_dataloader().dataset
+    by_file = {target["file"]: (image, target) for image, target in dataset}
+    image, target = by_file["bad.jpg"]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.uint8 and not image.any()
+    assert "bad.jpg" in target["skipped"] and "skipped" not in by_file["p0.jpg"][1]
+
+
+def test_an_unreadable_image_is_skipped_named_and_the_rest_predicted(tmp_path):
+    names = photos(tmp_path / "photos")
+    bad = unreadable(tmp_path / "photos")
+    args = ["--run.root", str(tmp_path / "runs"), "--data.init_args.batch_size", "2",
+            "--data.init_args.predict_dir", str(tmp_path / "photos")]  # fmt: skip
+    with pytest.warns(UserWarning, match="skipped, not predicted") as warned:
+        _, out = predict(args + tiny_backbone())  # batch 1 holds the two unreadable files
+    messages = [str(w.message) for w in warned if "skipped" in str(w.message)]
+    assert len(messages) == 2  # one line per file, naming it
+    assert all(str(tmp_path / "photos" / name) in m for name, m in zip(bad, sorted(messages)))
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [row["file"] for row in rows] == names
+    skipped = list(csv.DictReader((out / "skipped.csv").open()))
+    assert [(row["index"], row["file"]) for row in skipped] == [("0", bad[0]), ("1", bad[1])]
+    assert all(row["file"] in row["reason"] for row in skipped)
+
+
+def test_segmentation_and_detection_skip_an_unreadable_image(tmp_path):
+    names = photos(tmp_path / "photos")
+    unreadable(tmp_path / "photos")
+    files = dict(zip(names, [SIZES[0], SIZES[2], SIZES[1]]))
+    with pytest.warns(UserWarning, match="skipped, not predicted"):
+        _, out = predict(
+            segmentation_args(tmp_path, "shapes_segmentation.yaml", tmp_path / "photos")
+        )
+    check_masks(out, files, 7)  # masks of the readable images only
+    assert len(list(csv.DictReader((out / "skipped.csv").open()))) == 2
+    with pytest.warns(UserWarning, match="skipped, not predicted"):
+        _, out = predict(detection_args(tmp_path, "shapes_detection.yaml", tmp_path / "photos", 64))
+    check_coco(out / "detections.json", files, SHAPE_NAMES)
+    assert len(list(csv.DictReader((out / "skipped.csv").open()))) == 2
