@@ -297,6 +297,7 @@ def export_checkpoint(
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="dck export",
+        allow_abbrev=False,  # --image is not --image_size
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

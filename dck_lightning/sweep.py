@@ -785,6 +785,7 @@ def _parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dck sweep",
+        allow_abbrev=False,  # --seed is not --seeds
         description="Run a grid of configs × seeds as dck fit + dck test run folders, and "
         "write one table (sweep.csv, sweep.md) of the test metric over the seeds.",
         epilog="Arguments after -- go to every dck fit/test, e.g. -- --trainer.max_epochs 10",

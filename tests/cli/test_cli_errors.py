@@ -150,3 +150,17 @@ def test_main_runs_sweep_and_export_too(tmp_path, capsys):
         main(["export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--format", "onnx"])
     assert exit_info.value.code == 2
     assert "missing.ckpt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "abbreviated"),
+    [
+        (["sweep", "--grid", f"{DCK}=[static]", "--seed", "2", "--dry-run"], "--seed"),
+        (["export", "--ckpt_path", "x.ckpt", "--format", "onnx", "--image", "32"], "--image"),
+    ],
+)
+def test_sweep_and_export_take_no_abbreviations_either(tmp_path, capsys, args, abbreviated):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, *(["--root", str(tmp_path)] if args[0] == "sweep" else [])])
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {abbreviated}" in capsys.readouterr().err
