@@ -48,7 +48,7 @@ def finished(run_dir: Path) -> bool:
 
 def load(sweep: Path) -> pd.DataFrame:
     """The finished runs of ``sweep``, with their ``combination`` and ``seed`` folder names."""
-    runs = load_runs(sweep)
+    runs = load_runs(sweep, include="all")  # the sweep's own status file says which finished
     if not runs.empty:
         runs = runs[runs["run_dir"].map(lambda d: finished(Path(d)))].copy()
     if runs.empty:
