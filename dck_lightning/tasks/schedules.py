@@ -9,7 +9,7 @@ A config names the scheduler and its shape, never its length::
 The tasks' ``lr_scheduler`` argument is an :class:`LRSchedulerFactory`: LightningCLI's
 ``class_path`` + ``init_args`` of a scheduler whose length arguments — ``T_max``
 (``CosineAnnealingLR``), ``total_iters`` (``PolynomialLR``, ``LinearLR``, ``ConstantLR``),
-``total_steps`` (``OneCycleLR``) — are not part of the config (a config that sets one stops
+``total_steps`` (``OneCycleLR``, :class:`WarmupCosineLR`'s ``T_max``) — are not part of the config (a config that sets one stops
 with the CLI's message). :func:`build_scheduler` passes them: the number of times the scheduler
 will be stepped, ``trainer.max_epochs`` when it steps per epoch and
 ``trainer.estimated_stepping_batches`` (limits, accumulation and devices included) when it
@@ -31,17 +31,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol, Union
 
 from pytorch_lightning.cli import ReduceLROnPlateau
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, CyclicLR, LRScheduler, OneCycleLR
 
 __all__ = [
     "LENGTH_ARGUMENTS",
     "PER_GROUP_ARGUMENTS",
     "LRSchedulerFactory",
+    "WarmupCosineLR",
     "build_scheduler",
     "check_resumed_length",
     "scheduler_class",
@@ -88,14 +91,76 @@ def _accepted(cls: Optional[type]) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) if cls is not None else set()
 
 
-def _check_one_cycle(pct_start: float, total_steps: int) -> None:
-    """torch's ``OneCycleLR`` divides by zero when its warm-up is exactly one step long."""
-    if float(pct_start * total_steps) == 1.0:
-        raise ValueError(
-            f"OneCycleLR with pct_start={pct_start} over {total_steps} scheduler steps has a "
-            "one-step warm-up, which torch cannot compute: step it per optimiser step "
-            "(lr_scheduler_interval: step), train longer, or change pct_start"
+def _one_cycle_pct_start(pct_start: float, total_steps: int) -> float:
+    """``pct_start``, or a hair more when the warm-up is exactly one step long.
+
+    torch's ``OneCycleLR`` divides by zero when ``pct_start × total_steps == 1`` (a smoke run of
+    5 steps at the default's 0.2). A warm-up that short warns and runs: one step at the initial
+    learning rate, then the annealing, which is what the nudged ``pct_start`` gives.
+    """
+    warm_up = float(pct_start * total_steps)
+    if warm_up < 2:
+        warnings.warn(
+            f"OneCycleLR with pct_start={pct_start} over {total_steps} scheduler steps warms up "
+            f"for {warm_up:g} step(s): too short to matter (a smoke or short run?); train "
+            "longer, or raise pct_start, for a real warm-up",
+            UserWarning,
+            stacklevel=3,
         )
+    return pct_start * (1 + 1e-6) if warm_up == 1.0 else pct_start
+
+
+class WarmupCosineLR(CosineAnnealingLR):
+    r"""Linear warm-up, then cosine annealing to ``eta_min``: the ResNet recipe of Goyal et al.
+    ("Accurate, Large Minibatch SGD", 2017) with the cosine of Loshchilov & Hutter (SGDR).
+
+    For step ``t`` of ``T = T_max`` and ``W = round(warmup · T)`` warm-up steps::
+
+        lr(t) = base_lr · (t + 1) / W                                          t < W
+        lr(t) = eta_min + (base_lr − eta_min) · ½ (1 + cos(π (t − W) / (T − W)))  t ≥ W
+
+    so the first step already trains at ``base_lr / W`` and the schedule ends at ``eta_min``
+    after ``T`` steps. Closed form per parameter group: each group keeps its own base learning
+    rate (the dynamic parameters' ``dynamic_lr_factor``). Its length ``T_max`` follows the
+    trainer like :class:`~torch.optim.lr_scheduler.CosineAnnealingLR`'s (see the module); step
+    it per optimiser step (``lr_scheduler_interval: step``) for a warm-up shorter than an epoch.
+
+    Args:
+        optimizer (Optimizer): the optimiser.
+        T_max (int): scheduler steps in all (from the trainer when a config leaves it out).
+        warmup (float): the warm-up's share of the steps, in ``[0, 1)``. Default: 0.05.
+        eta_min (float): the final learning rate. Default: 0.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        T_max: int,
+        warmup: float = 0.05,
+        eta_min: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if not 0 <= warmup < 1:
+            raise ValueError(f"WarmupCosineLR: warmup must be in [0, 1) (a share), got {warmup}")
+        self.warmup = warmup
+        self.warmup_steps = round(warmup * T_max)
+        super().__init__(optimizer, T_max, eta_min=eta_min, last_epoch=last_epoch)
+
+    def _factor(self, step: int) -> float:
+        """``lr(step) / base_lr`` with ``eta_min = 0``; the warm-up's share of it."""
+        warm = self.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        span = max(self.T_max - warm, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(step - warm, span) / span))
+
+    def get_lr(self) -> list[float]:
+        step = self.last_epoch
+        if step < self.warmup_steps:
+            return [base * self._factor(step) for base in self.base_lrs]
+        return [self.eta_min + (base - self.eta_min) * self._factor(step) for base in self.base_lrs]
+
+    _get_closed_form_lr = get_lr
 
 
 def build_scheduler(
@@ -124,7 +189,10 @@ def build_scheduler(
         steps = length()
         overrides.update(dict.fromkeys(missing, steps))
         if cls is not None and issubclass(cls, OneCycleLR):
-            _check_one_cycle(given.get("pct_start", 0.3), steps)
+            pct_start = given.get("pct_start", 0.3)
+            nudged = _one_cycle_pct_start(pct_start, steps)
+            if nudged != pct_start:
+                overrides["pct_start"] = nudged
     for argument in _subclass_entry(PER_GROUP_ARGUMENTS, cls) or ():
         value = given.get(argument)
         if isinstance(value, (int, float)) and any(f != 1.0 for f in group_factors):

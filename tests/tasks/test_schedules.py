@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import pytest
 import pytorch_lightning as pl
@@ -21,7 +22,7 @@ from torch.optim.lr_scheduler import (
 
 from dck_lightning.data import SyntheticShapesDataModule
 from dck_lightning.tasks import ClassificationTask
-from dck_lightning.tasks.schedules import build_scheduler, scheduler_class
+from dck_lightning.tasks.schedules import WarmupCosineLR, build_scheduler, scheduler_class
 
 BACKBONE = {
     "class_path": "dcb_small",
@@ -152,9 +153,58 @@ def test_a_config_cannot_hold_a_schedule_length(capsys):
     assert "T_max" not in capsys.readouterr().out
 
 
-def test_a_one_step_one_cycle_warm_up_is_a_clear_error():
-    """torch's OneCycleLR divides by zero when pct_start × total_steps == 1 (10 epochs at 0.1)."""
-    factory = functools.partial(OneCycleLR, max_lr=1.0, pct_start=0.1)
-    with pytest.raises(ValueError, match="one-step warm-up.*lr_scheduler_interval: step"):
-        build_scheduler(factory, optimizer(), lambda: 10, [1.0, 1.0])
-    assert build_scheduler(factory, optimizer(), lambda: 23, [1.0, 1.0]).total_steps == 23
+def test_a_one_step_one_cycle_warm_up_warns_and_runs():
+    """torch's OneCycleLR divides by zero when pct_start × total_steps == 1 (a 5-step smoke run of
+    the default's 0.2): it warns, trains one step at the initial lr, then anneals to the end
+    (from just below max_lr: the annealing's first step is a quarter of the way down)."""
+    factory = functools.partial(OneCycleLR, max_lr=1.0, pct_start=0.2)
+    opt = optimizer((1.0,))
+    with pytest.warns(UserWarning, match="warms up for 1 step"):
+        scheduler = build_scheduler(factory, opt, lambda: 5, [1.0])
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(4):
+        opt.step()
+        scheduler.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1.0 / 25) and lrs[1] > 0.5
+    assert lrs[-1] == pytest.approx(1.0 / (25 * 1e4))
+    assert lrs[1:] == sorted(lrs[1:], reverse=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a real warm-up is silent
+        assert build_scheduler(factory, optimizer(), lambda: 23, [1.0, 1.0]).total_steps == 23
+
+
+def run_warmup_cosine(steps: int, warmup: float, lrs=(0.1, 0.01)) -> list[list[float]]:
+    opt = optimizer(lrs)
+    scheduler = build_scheduler(
+        functools.partial(WarmupCosineLR, warmup=warmup), opt, lambda: steps, [1.0, 0.1]
+    )
+    seen = []
+    for _ in range(steps):
+        seen.append([group["lr"] for group in opt.param_groups])
+        opt.step()
+        scheduler.step()
+    return seen + [[group["lr"] for group in opt.param_groups]]
+
+
+def test_warmup_cosine_ramps_linearly_then_anneals_to_eta_min_per_group():
+    """lr(t) = base·(t+1)/W for t < W, then the cosine from base to 0 over the other T − W."""
+    lrs = run_warmup_cosine(steps=20, warmup=0.2)  # W = 4
+    weights = [w for w, _ in lrs]
+    assert weights[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert weights[4] == pytest.approx(0.1)
+    expected = [0.05 * (1 + math.cos(math.pi * t / 16)) for t in range(17)]
+    assert weights[4:] == pytest.approx(expected, abs=1e-12)
+    assert weights[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(d == pytest.approx(0.1 * w) for w, d in lrs)  # dynamic_lr_factor kept
+
+
+def test_warmup_cosine_without_warm_up_is_torch_cosine_and_refuses_a_bad_share():
+    plain_opt = optimizer((0.1,))
+    plain = CosineAnnealingLR(plain_opt, T_max=10)
+    for step, (lr, _) in enumerate(run_warmup_cosine(steps=10, warmup=0.0)):
+        assert lr == pytest.approx(plain_opt.param_groups[0]["lr"], abs=1e-12), step
+        plain_opt.step()
+        plain.step()
+    with pytest.raises(ValueError, match="warmup must be in"):
+        WarmupCosineLR(optimizer(), T_max=10, warmup=1.0)
