@@ -232,6 +232,27 @@ OTHER_COMMANDS = {
 }
 
 
+#: Trainer arguments where an integer is a number of batches and a float a share of them.
+BATCH_LIMITS = tuple(
+    f"trainer.limit_{stage}_batches" for stage in ("train", "val", "test", "predict")
+)
+
+
+def integer_batch_limits(parser: LightningArgumentParser) -> None:
+    """Parse ``--trainer.limit_*_batches 1`` as the integer 1 (one batch), not 1.0 (all).
+
+    Lightning annotates them ``Union[float, int, None]`` and jsonargparse tries a union's types
+    in order, so ``1`` became ``1.0`` — a whole epoch (as in plain LightningCLI). The
+    arguments' type hint (jsonargparse's ``ActionTypeHint._typehint``) is put in the order
+    ``int, float``: ``1`` stays ``1``, ``0.25`` is a quarter. (``Union[int, float, None]`` is
+    written out: ``Optional[Union[int, float]]`` is typing's cached, equal-comparing
+    ``Union[float, int, None]``.)
+    """
+    for action in parser._actions:
+        if action.dest in BATCH_LIMITS and hasattr(action, "_typehint"):
+            action._typehint = Union[int, float, None]
+
+
 class DCKLightningCLI(LightningCLI):
     """LightningCLI with the project's links, run plan, loggers and checkpoints.
 
@@ -263,6 +284,7 @@ class DCKLightningCLI(LightningCLI):
             action.add_subcommand(name, listed, help=f"{description} (dck {name} --help)")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        integer_batch_limits(parser)
         parser.add_class_arguments(RunConfig, "run")
         parser.link_arguments(
             "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"

@@ -194,8 +194,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument(
         "--threads", type=int, help="torch intra-op threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--tiny", action="store_true",
+        help="one step of each backbone at batch 2, 64², widths 8-32 (CI's run of the GPU command)",
+    )  # fmt: skip
     parser.add_argument("--write", type=Path, help="update this markdown file's detection section")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.steps, args.round, args.warmup, args.batch, args.size = 1, 1, 0, 2, 64
+        args.widths, args.fpn_channels = [8, 16, 24, 32], 16
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)

@@ -14,6 +14,7 @@ forward+backward (CPU: the profiler's allocation records; CUDA: ``max_memory_all
     python scripts/benchmark_layers.py --write BENCHMARKS.md  # and updates BENCHMARKS.md
     python scripts/benchmark_layers.py --kernel-sizes 3 --only DCK --threads 1  # a quick look
     python scripts/benchmark_layers.py --shapes 64x128x56 --device cuda         # another shape
+    python scripts/benchmark_layers.py --device cpu --tiny     # CI: the GPU command line, tiny
 
 On a shared machine, look at the load average printed with the table (``uptime``).
 """
@@ -286,8 +287,15 @@ def main(argv: list[str] | None = None) -> None:
         help="time only the layers whose name contains one of these (and the baseline)",
     )
     add_clock_argument(parser)
+    parser.add_argument(
+        "--tiny", action="store_true",
+        help="one round of k=3 at batch 2, 4 channels, 8² (CI's run of the GPU command)",
+    )  # fmt: skip
     parser.add_argument("--write", type=Path, help="update this markdown file's layer section")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.shapes, args.kernel_sizes = [(2, 4, 8)], [3]
+        args.repeats, args.warmup, args.min_repeats = 1, 0, 1
     if args.clock == "cpu" and (args.threads or [torch.get_num_threads()]) != [1]:
         parser.error("--clock cpu measures one thread: give --threads 1")
     lines = [

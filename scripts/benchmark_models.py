@@ -17,6 +17,14 @@ compilation), compared with the compiled twin; "× eager" is its time over its o
     python scripts/benchmark_models.py                                  # prints the tables
     python scripts/benchmark_models.py --threads 2 1 --write BENCHMARKS.md
     python scripts/benchmark_models.py --only seednet --threads 1        # a quick look
+    python scripts/benchmark_models.py --device cuda --precision bf16-mixed  # on a GPU
+    python scripts/benchmark_models.py --device cpu --tiny              # CI: the GPU command, tiny
+
+``--device cuda`` (and ``--tiny``) also times ``dcb_resnet18_224`` (ImageNet stem, 224², batch 64); CUDA times
+are taken after ``torch.cuda.synchronize``. ``--precision bf16-mixed`` runs every step under
+bf16 autocast (as ``configs/trainer/gpu.yaml``). ``--tiny`` keeps the command line and
+shrinks it to one round at batch 2 (64² for the 224² group), so a renamed flag or a broken
+path fails in CI rather than on the GPU.
 
 On a shared machine, look at the load average printed with the tables (``uptime``).
 """
@@ -24,6 +32,8 @@ On a shared machine, look at the load average printed with the tables (``uptime`
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import functools
 import os
 import platform
@@ -45,6 +55,7 @@ from dck_lightning.layers import DynamicConv2d
 from dck_lightning.models import SeedNet, create_classifier
 
 SECTION = ("<!-- benchmark_models:start -->", "<!-- benchmark_models:end -->")
+CUDA_SECTION = ("<!-- benchmark_models_cuda:start -->", "<!-- benchmark_models_cuda:end -->")
 
 
 def plain_twin_of_seednet(model: SeedNet) -> SeedNet:
@@ -75,6 +86,7 @@ class Group:
     channels: int
     size: int
     classes: int = 10
+    gpu_only: bool = False  # too slow on a CPU at its size: timed with --device cuda (or --only)
 
 
 def groups() -> list[Group]:
@@ -121,7 +133,43 @@ def groups() -> list[Group]:
             channels=3,
             size=32,
         ),
+        Group(
+            "dcb_resnet18_224",
+            {
+                "resnet18 (plain twin), 224²": classifier("resnet18"),
+                "dcb_resnet18, adaptive DCK, 224²": classifier("dcb_resnet18"),
+            },
+            twin="resnet18 (plain twin), 224²",
+            batch=64,
+            channels=3,
+            size=224,
+            gpu_only=True,
+        ),
     ]
+
+
+def tiny(group: Group) -> Group:
+    """``group`` at batch 2 and at most 64² (``--tiny``)."""
+    return dataclasses.replace(group, batch=2, size=min(group.size, 64))
+
+
+def synchronized(clock: Callable[[], float], device: torch.device) -> Callable[[], float]:
+    """``clock`` read after the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type != "cuda":
+        return clock
+
+    def read() -> float:
+        torch.cuda.synchronize(device)
+        return clock()
+
+    return read
+
+
+def autocast(x: torch.Tensor, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``x``'s device for ``bf16-mixed``, else nothing."""
+    if precision == "bf16-mixed":
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def train_step(
@@ -130,19 +178,25 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     clock: Callable[[], float] = time.perf_counter,
+    precision: str = "32",
 ) -> float:
     start = clock()
     optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    with autocast(x, precision):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
     optimizer.step()
     return clock() - start
 
 
 def eval_step(
-    model: nn.Module, x: torch.Tensor, clock: Callable[[], float] = time.perf_counter
+    model: nn.Module,
+    x: torch.Tensor,
+    clock: Callable[[], float] = time.perf_counter,
+    precision: str = "32",
 ) -> float:
     start = clock()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(x, precision):
         model(x)
     return clock() - start
 
@@ -150,26 +204,29 @@ def eval_step(
 def time_group(group: Group, args: argparse.Namespace) -> list[str]:
     """Rows ``| model | train ms | × twin | eval ms | × twin |`` of one group."""
     torch.manual_seed(0)
-    x = torch.randn(group.batch, group.channels, group.size, group.size)
-    y = torch.randint(0, group.classes, (group.batch,))
-    variants = {name: make() for name, make in group.models.items()}
+    device = torch.device(args.device)
+    x = torch.randn(group.batch, group.channels, group.size, group.size, device=device)
+    y = torch.randint(0, group.classes, (group.batch,), device=device)
+    variants = {name: make().to(device) for name, make in group.models.items()}
     if args.compile:
         for name in list(variants):
-            fresh = group.models[name]()
+            fresh = group.models[name]().to(device)
             variants[f"{name} [compiled]"] = torch.compile(fresh)
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-4) for name, m in variants.items()}
-    results, clock = {}, CLOCKS[args.clock]
+    results, clock = {}, synchronized(CLOCKS[args.clock], device)
     for mode in ("train", "eval"):
         for model in variants.values():
             model.train(mode == "train")
         if mode == "train":
             steps = {
-                name: functools.partial(train_step, model, optimizers[name], x, y, clock)
+                name: functools.partial(
+                    train_step, model, optimizers[name], x, y, clock, args.precision
+                )
                 for name, model in variants.items()
             }
         else:
             steps = {
-                name: functools.partial(eval_step, model, x, clock)
+                name: functools.partial(eval_step, model, x, clock, args.precision)
                 for name, model in variants.items()
             }
         if args.compile:  # compile (both modes) outside the timed rounds
@@ -211,6 +268,10 @@ def run(args: argparse.Namespace) -> list[str]:
     for group in groups():
         if args.only and group.name not in args.only:
             continue
+        if not args.only and group.gpu_only and args.device != "cuda" and not args.tiny:
+            continue
+        if args.tiny:
+            group = tiny(group)
         lines.append(
             f"| **{group.name}**: batch {group.batch}, {group.channels}×{group.size}×{group.size} |"
             + " |" * (6 if args.compile else 4)
@@ -224,10 +285,20 @@ def run(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def machine(device: str) -> str:
+    """The GPU's name for ``cuda``, else the CPU architecture."""
+    return torch.cuda.get_device_name(0) if device == "cuda" else platform.machine()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("32", "bf16-mixed"), default="32",
+                        help="bf16-mixed: every step under bf16 autocast")  # fmt: skip
+    parser.add_argument("--tiny", action="store_true",
+                        help="one round at batch 2, at most 64² (CI's run of the GPU command)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument(
@@ -245,8 +316,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.clock == "cpu" and (args.threads or [torch.get_num_threads()]) != [1]:
         parser.error("--clock cpu measures one thread: give --threads 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch.cuda.is_available() is False on this machine")
+    if args.tiny:
+        args.repeats, args.warmup = 1, 0
+    precision = "bf16 autocast" if args.precision == "bf16-mixed" else "Float32"
     lines = [
-        f"Float32, CPU, {args.clock} time. Training step: zero_grad + forward + cross-entropy + backward + Adam; "
+        f"{precision}, {args.device}, {args.clock} time. Training step: zero_grad + forward + cross-entropy + backward + Adam; "
         "eval step: forward under inference_mode. The models of a group are timed interleaved, "
         f"round by round: ms is the median of {args.repeats} rounds after {args.warmup} warm-up; "
         "× twin is the median over rounds of the model's time over its plain twin's in the same "
@@ -259,16 +335,16 @@ def main(argv: list[str] | None = None) -> None:
         command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
         body = "\n".join(
             [
-                "## Models: training and eval step vs the plain twin (cpu)",
+                f"## Models: training and eval step vs the plain twin ({args.device})",
                 "",
                 f"Command: `{command}`  ",
-                f"Machine: {platform.machine()}; Python {platform.python_version()}, torch "
+                f"Machine: {machine(args.device)}; Python {platform.python_version()}, torch "
                 f"{torch.__version__}, torchvision {torchvision.__version__}, {os.cpu_count()} CPUs",
                 "",
                 *lines,
             ]
         )
-        write_section(args.write, body, SECTION)
+        write_section(args.write, body, SECTION if args.device == "cpu" else CUDA_SECTION)
 
 
 if __name__ == "__main__":
