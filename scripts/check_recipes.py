@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
+from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPIKE_FACTOR = 3.0
@@ -329,8 +330,8 @@ def check_recipe(
         result.precision = str(cli.trainer.precision)
         result.batch_size = cli.datamodule.hparams.get("batch_size", batch_size)
     except BaseException as error:  # noqa: BLE001 - a failed recipe is a result, not a crash
-        if isinstance(error, KeyboardInterrupt):
-            raise
+        if isinstance(error, (KeyboardInterrupt, SIGTERMException)):
+            raise  # the user stopped the check, not the recipe
         result.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
     probe = LossProbe.latest
     if probe is not None:
